@@ -1,0 +1,53 @@
+"""The `lmtune` command. Heavy libraries are imported inside commands so `--help` is instant."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from lmtune.cli import config_cmd, data_cmd, infer_cmd, models_cmd, train_cmd
+
+app = typer.Typer(
+    name="lmtune",
+    help="Fine-tune language models on your own data: correctly, fast, and offline on a CPU.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(data_cmd.app, name="data", help="Inspect, convert and split data files.")
+app.add_typer(config_cmd.app, name="config", help="Config reference and resolved configs.")
+app.add_typer(models_cmd.app, name="models", help="Prepare models (GGUF import).")
+app.command("train")(train_cmd.train)
+app.command("chat")(infer_cmd.chat)
+app.command("generate")(infer_cmd.generate)
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True),
+) -> None:
+    if version:
+        from lmtune import __version__
+
+        typer.echo(__version__)
+        raise typer.Exit()
+
+
+def main() -> None:
+    """Entry point: a user mistake (LmtuneError) is one red sentence and exit code 2."""
+    from lmtune.errors import LmtuneError
+
+    try:
+        app()
+    except LmtuneError as err:
+        from rich.console import Console
+
+        Console(stderr=True).print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

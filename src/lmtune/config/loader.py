@@ -1,0 +1,146 @@
+"""Load a YAML config, apply `--set` overrides, validate, and explain mistakes in one sentence.
+
+Nothing here rewrites the user's settings: the only changes are the overrides the user typed.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from lmtune.config.schema import RunConfig
+from lmtune.errors import ConfigError
+
+
+# Names users bring from transformers / PEFT / LLaMA-Factory / Axolotl, for "did you mean".
+SYNONYMS = {
+    "learning_rate": "lr",
+    "num_train_epochs": "epochs",
+    "num_epochs": "epochs",
+    "per_device_train_batch_size": "batch_size",
+    "micro_batch_size": "batch_size",
+    "gradient_accumulation_steps": "grad_accum",
+    "gradient_accumulation": "grad_accum",
+    "lr_scheduler_type": "scheduler",
+    "logging_steps": "log_steps",
+    "lora_r": "r",
+    "rank": "r",
+    "lora_rank": "r",
+    "lora_alpha": "alpha",
+    "lora_dropout": "dropout",
+    "lora_target": "target_modules",
+    "lora_target_modules": "target_modules",
+    "finetuning_type": "name",
+    "model_name_or_path": "name",
+    "base_model": "name",
+    "cutoff_len": "max_length",
+    "sequence_len": "max_length",
+    "max_seq_length": "max_length",
+    "output_dir": "dir",
+}
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
+    """Read `path` (or start from defaults), apply `section.key=value` overrides, validate.
+
+    Relative data paths are resolved against the config file's folder, so a config works from
+    any working directory.
+    """
+    raw: dict[str, Any] = {}
+    base = Path.cwd()
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"Config file {p} not found.")
+        try:
+            raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{p}: invalid YAML: {err}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{p}: expected a mapping of sections (model, data, method, train, ...).")
+        base = p.resolve().parent
+        raw.setdefault("output", {})
+        if isinstance(raw["output"], dict):
+            raw["output"].setdefault("name", p.stem)
+    for item in overrides or []:
+        apply_override(raw, item)
+    cfg = validate_config(raw, source=str(path) if path else "config")
+    return resolve_paths(cfg, base)
+
+
+def apply_override(raw: dict[str, Any], item: str) -> None:
+    """Apply one `a.b=c` override in place; the value is parsed as YAML (numbers, lists, bools)."""
+    if "=" not in item:
+        raise ConfigError(f"Override '{item}' must look like section.key=value (e.g. train.lr=1e-4).")
+    key, _, value = item.partition("=")
+    parts = [k for k in key.strip().split(".") if k]
+    if len(parts) < 2:
+        raise ConfigError(f"Override '{item}': name a section and a key, e.g. train.{key.strip()}={value}.")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else ""
+    except yaml.YAMLError:
+        parsed = value
+    node = raw
+    for part in parts[:-1]:
+        nxt = node.setdefault(part, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"Override '{item}': '{part}' is not a section.")
+        node = nxt
+    node[parts[-1]] = parsed
+
+
+def validate_config(raw: dict[str, Any], source: str = "config") -> RunConfig:
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as err:
+        lines = [_explain(e) for e in err.errors()]
+        raise ConfigError(f"{source}: invalid configuration:\n  - " + "\n  - ".join(lines)) from None
+
+
+def _explain(e: dict[str, Any]) -> str:
+    loc = [str(x) for x in e["loc"]]
+    name = ".".join(loc) or "(top level)"
+    if e["type"] == "extra_forbidden":
+        valid = _field_names(loc[:-1])
+        synonym = SYNONYMS.get(loc[-1].lower())
+        guess = [synonym] if synonym in valid else difflib.get_close_matches(loc[-1], valid, n=1, cutoff=0.5)
+        where = ".".join(loc[:-1]) or "top level"
+        hint = f" Did you mean '{'.'.join([*loc[:-1], guess[0]])}'?" if guess else ""
+        return f"unknown key '{name}'.{hint} Valid keys in {where}: {', '.join(valid)}."
+    if e["type"] == "value_error":
+        return e["msg"].removeprefix("Value error, ")
+    return f"{name}: {e['msg']} (got {e.get('input')!r})."
+
+
+def _field_names(loc: list[str]) -> list[str]:
+    model: type[BaseModel] = RunConfig
+    for part in loc:
+        field = model.model_fields.get(part)
+        ann = field.annotation if field else None
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return []
+        model = ann
+    return list(model.model_fields)
+
+
+def resolve_paths(cfg: RunConfig, base: Path) -> RunConfig:
+    """Make data/eval file paths absolute relative to the config file's folder."""
+
+    def fix(p: str | None) -> str | None:
+        if p is None or Path(p).is_absolute():
+            return p
+        return str((base / p).resolve())
+
+    cfg.data.path = fix(cfg.data.path)
+    cfg.data.val_path = fix(cfg.data.val_path)
+    cfg.eval.path = fix(cfg.eval.path)
+    return cfg
+
+
+def dump_config(cfg: RunConfig) -> str:
+    """The resolved config (defaults filled in) as YAML, in section order."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True)

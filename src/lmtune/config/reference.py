@@ -1,0 +1,44 @@
+"""Render the config reference from the schema, so the docs can never drift from the code."""
+
+from __future__ import annotations
+
+import json
+from types import UnionType
+from typing import Literal, Union, get_args, get_origin
+
+from pydantic import BaseModel
+
+from lmtune.config.schema import RunConfig
+
+
+def _type_name(ann) -> str:
+    """`Literal['a','b'] | None` -> `a, b or null`: what a user may write, not Python's spelling."""
+    origin, args = get_origin(ann), get_args(ann)
+    if origin is Literal:
+        return ", ".join(str(a) for a in args)
+    if origin in (Union, UnionType):
+        return " or ".join("null" if a is type(None) else _type_name(a) for a in args)
+    if origin is not None:
+        inner = ", ".join(_type_name(a) for a in args)
+        return f"{getattr(origin, '__name__', origin)}[{inner}]"
+    return getattr(ann, "__name__", str(ann))
+
+
+def _default(field) -> str:
+    if field.default_factory is not None:
+        return json.dumps(field.default_factory())
+    return json.dumps(field.default)
+
+
+def config_reference() -> str:
+    """Markdown: one table per section, with key, type, default and description."""
+    out = ["# lmtune config reference", "", "Generated from the schema by `lmtune config schema`.", ""]
+    for section, sfield in RunConfig.model_fields.items():
+        model: type[BaseModel] = sfield.annotation  # type: ignore[assignment]
+        out += [f"## {section}", "", "| key | type | default | description |", "|---|---|---|---|"]
+        for name, f in model.model_fields.items():
+            desc = (f.description or "").replace("|", "\\|")
+            typ = _type_name(f.annotation).replace("|", "\\|")
+            out.append(f"| `{section}.{name}` | {typ} | `{_default(f)}` | {desc} |")
+        out.append("")
+    return "\n".join(out)

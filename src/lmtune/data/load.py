@@ -1,0 +1,167 @@
+"""The one entry point from a data file to validated SFT conversations.
+
+read (readers) -> detect (formats) -> convert (formats) -> validate (validate). Bad records are
+either skipped and kept as `Reject`s (so they can be counted, reported and written to
+rejects.jsonl: nothing is dropped silently) or, with on_error="fail", stop the load with a
+`DataError` that names the file, line, record and field. A file that is the wrong kind of data
+altogether (preference pairs, raw text) fails once, up front, instead of rejecting every record.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from collections.abc import Iterable
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+from lmtune.data.formats import (
+    FIELDS,
+    FORMATS,
+    SFT_FORMATS,
+    detect_format,
+    to_conversation,
+    wrong_task_message,
+)
+from lmtune.data.readers import iter_raw_records
+from lmtune.data.records import Conversation, LoadResult, Message, Reject
+from lmtune.data.validate import RecordError, validate_conversation
+from lmtune.errors import DataError
+
+ON_ERROR = ("skip", "fail")
+
+
+def load_conversations(
+    path: str | Path,
+    *,
+    format: str = "auto",
+    columns: dict[str, str] | None = None,
+    on_error: str = "skip",
+    system: str | None = None,
+    limit: int | None = None,
+) -> LoadResult:
+    """Read `path` into canonical conversations; `limit` caps the records read from the file."""
+    file = str(path)
+    _check_options(format, on_error, limit)
+    raws = list(islice(iter_raw_records(path), limit))
+    if not raws:
+        raise DataError("the file holds no records.", file=file, hint="check that it is the file you meant.")
+    fmt = format
+    if fmt == "auto":
+        samples = [r.data for r in raws if r.data is not None][:20]
+        if not samples:
+            _raise_nothing_valid(file, [r.error for r in raws if r.error], len(raws))
+        fmt = detect_format(samples, file=file, columns=columns)
+    if fmt not in SFT_FORMATS:  # preference / text: not SFT data
+        message, hint = wrong_task_message(fmt)
+        raise DataError(message, file=file, hint=hint)
+    _check_columns(fmt, columns, file=file)
+
+    result = LoadResult(path=file, format=fmt, total=len(raws))
+    name = Path(path).name
+    for raw in raws:
+        reject = raw.error
+        if raw.data is not None:
+            try:
+                conv = _convert(raw.data, fmt, columns, system)
+            except RecordError as e:
+                reject = Reject(file, raw.index, raw.line, e.field, e.reason, str(e), raw.data)
+            else:
+                conv.source = f"{name}#{raw.index}"
+                result.records.append(conv)
+                continue
+        assert reject is not None
+        if on_error == "fail":
+            raise _reject_error(reject)
+        result.rejects.append(reject)
+    if not result.records:
+        _raise_nothing_valid(file, result.rejects, result.total)
+    return result
+
+
+def _convert(
+    data: dict[str, Any], fmt: str, columns: dict[str, str] | None, system: str | None
+) -> Conversation:
+    """Convert and validate before adding the default system prompt, so field indexes match the file."""
+    conv = to_conversation(data, fmt, columns=columns)
+    validate_conversation(conv)
+    if system is not None and conv.messages[0].role != "system":
+        conv.messages.insert(0, Message("system", system))
+    return conv
+
+
+def _check_options(format: str, on_error: str, limit: int | None) -> None:
+    if format != "auto" and format not in FORMATS:
+        close = difflib.get_close_matches(format, FORMATS, n=1)
+        did = f" Did you mean '{close[0]}'?" if close else ""
+        raise DataError(f"unknown format '{format}'.{did}", hint=f"use auto or one of {', '.join(FORMATS)}.")
+    if on_error not in ON_ERROR:
+        raise DataError(
+            f"unknown on_error '{on_error}'.", hint="use skip (keep going, write rejects) or fail."
+        )
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise DataError(
+            f"limit must be a whole number >= 1, got {limit!r}.", hint="leave it out to read every record."
+        )
+
+
+def _check_columns(fmt: str, columns: dict[str, str] | None, *, file: str | None = None) -> None:
+    """Reject `columns` keys the format does not know (a typo would otherwise be ignored)."""
+    for key, value in (columns or {}).items():
+        if key not in FIELDS[fmt]:
+            close = difflib.get_close_matches(key, FIELDS[fmt], n=1)
+            did = f" Did you mean '{close[0]}'?" if close else ""
+            raise DataError(
+                f"`columns:` maps '{key}', which is not a field of the {fmt} format.{did}",
+                file=file,
+                hint=f"the keys of `columns:` are {fmt} field names ({', '.join(FIELDS[fmt])}); "
+                "the values are the names in your file.",
+            )
+        if not isinstance(value, str) or not value:
+            raise DataError(f"`columns:` value for '{key}' must be a field name, got {value!r}.", file=file)
+
+
+def _reject_error(r: Reject) -> DataError:
+    message, _, hint = r.message.partition(" Fix: ")
+    return DataError(message, file=r.file, record=r.record, line=r.line, field=r.field, hint=hint or None)
+
+
+def _raise_nothing_valid(file: str, rejects: list[Reject | None], total: int) -> None:
+    rejects_ = [r for r in rejects if r is not None]
+    counts: dict[str, int] = {}
+    for r in rejects_:
+        counts[r.reason] = counts.get(r.reason, 0) + 1
+    top = ", ".join(f"{n} {reason}" for reason, n in sorted(counts.items(), key=lambda kv: -kv[1])[:3])
+    detail = ""
+    if rejects_:
+        first = rejects_[0]
+        line = f" (line {first.line})" if first.line else ""
+        detail = f" First: record {first.record}{line}: {first.message}"
+    raise DataError(
+        f"no usable records: all {total} were rejected ({top}).{detail}",
+        file=file,
+        hint="fix the problem above, which every record shares, or check `format:` / `columns:`.",
+    )
+
+
+def write_jsonl(rows: Iterable[dict[str, Any]], path: str | Path) -> None:
+    """One JSON object per line, UTF-8 kept readable (no \\u escapes); parents are created."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    with p.open("w", encoding="utf-8", newline="\n") as fh:
+        for row in rows:
+            fh.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+
+
+def write_rejects(rejects: Iterable[Reject], path: str | Path) -> None:
+    """rejects.jsonl: every skipped record with where it was, why, and its raw data."""
+    write_jsonl((r.to_dict() for r in rejects), path)
+
+
+def summarize_rejects(result: LoadResult, rejects_file: str = "rejects.jsonl") -> str:
+    """One line for the console, e.g. '12 of 500 records skipped: 7 empty_answer, 5 invalid_json (see ...)'."""
+    if not result.rejects:
+        return f"all {result.total} records loaded"
+    counts = ", ".join(f"{n} {reason}" for reason, n in result.reject_counts().items())
+    return f"{len(result.rejects)} of {result.total} records skipped: {counts} (see {rejects_file})"

@@ -1,0 +1,354 @@
+"""Read data files into raw records, one format-agnostic dict per record.
+
+Readers only parse; they never guess what the fields mean (that is `formats.py`). A record that
+cannot be parsed (a bad JSON line, a CSV row with the wrong number of cells) comes back as a
+`RawRecord` with `error` set, so the loader can skip it, count it and write it to the rejects file
+instead of dropping it silently or aborting a 100k-line file over one line. A problem with the
+whole file (missing, not UTF-8, not JSON at all) is a `DataError` naming the file.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lmtune.data.records import Reject
+from lmtune.errors import DataError
+
+SUPPORTED = (".json", ".jsonl", ".ndjson", ".csv", ".tsv", ".parquet", ".txt")
+TEXT_SPLITS = ("file", "line", "paragraph")
+# A JSON object with one of these keys is one record, not a wrapper around a list of records.
+_RECORD_KEYS = frozenset(
+    {"messages", "conversations", "chosen", "rejected", "preferred_output", "non_preferred_output",
+     "instruction", "output", "response", "prompt", "completion", "text"}
+)  # fmt: skip
+_WS = re.compile(r"[ \t\n\r]*")
+
+
+@dataclass
+class RawRecord:
+    """One record as read from the file, before any format is applied."""
+
+    index: int  # 1-based record number in the file
+    line: int | None  # 1-based line where the record starts, where the format has lines
+    data: dict[str, Any] | None  # parsed record; None when it could not be parsed
+    error: Reject | None = None  # why it could not be parsed
+
+
+def iter_raw_records(path: str | Path, *, text_split: str = "file") -> Iterator[RawRecord]:
+    """Yield the records of `path`, choosing the reader from the file extension."""
+    p = Path(path)
+    suffix = p.suffix.lower()
+    if suffix not in SUPPORTED:
+        raise DataError(
+            f"unsupported file type '{p.suffix or '(none)'}'.",
+            file=str(path),
+            hint=f"use one of {', '.join(SUPPORTED)} (a .json file may hold a JSON array or JSON lines).",
+        )
+    if not p.exists():
+        raise DataError(
+            "file not found.",
+            file=str(path),
+            hint="check the path (relative paths start from the current folder).",
+        )
+    if p.is_dir():
+        raise DataError("is a folder, not a data file.", file=str(path), hint="name one file inside it.")
+    if text_split not in TEXT_SPLITS:
+        raise DataError(f"unknown text_split '{text_split}'.", hint=f"use one of {', '.join(TEXT_SPLITS)}.")
+    if suffix == ".parquet":
+        return _read_parquet(p, str(path))
+    text = _read_text(p, str(path))
+    if suffix == ".json":
+        return _read_json(text, str(path))
+    if suffix in (".jsonl", ".ndjson"):
+        return _read_jsonl_or_array(text, str(path))
+    if suffix in (".csv", ".tsv"):
+        return _read_delimited(text, str(path), tsv=suffix == ".tsv")
+    return _read_txt(text, str(path), text_split)
+
+
+def _read_text(p: Path, file: str) -> str:
+    """Decode as UTF-8 (a leading BOM is dropped); other encodings get a pointed fix."""
+    data = p.read_bytes()
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise DataError(
+            "the file is UTF-16, not UTF-8.",
+            file=file,
+            hint="re-save it as UTF-8 (e.g. `iconv -f utf-16 -t utf-8`).",
+        )
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise DataError(
+            f"the file is not valid UTF-8 (byte 0x{data[e.start]:02x} at offset {e.start}).",
+            file=file,
+            line=line,
+            hint="re-save it as UTF-8 (e.g. `iconv -f latin1 -t utf-8 in > out`).",
+        ) from None
+
+
+# ---------------------------------------------------------------- JSON / JSON lines
+
+
+def _read_json(text: str, file: str) -> Iterator[RawRecord]:
+    """A .json file: an array of objects, an object wrapping one such array, or JSON lines."""
+    scanned = _scan_array(text)
+    if scanned is not None:
+        return _array_records(scanned[0], scanned[1], file)
+    stripped = text.lstrip()
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        if stripped.startswith("{") and _first_line_is_object(stripped):
+            return _read_jsonl(text, file)  # JSON lines saved with a .json name
+        raise DataError(
+            f"invalid JSON: {e.msg} (line {e.lineno}, column {e.colno}).",
+            file=file,
+            line=e.lineno,
+            hint="fix the JSON at that position (a missing comma or quote, or a trailing comma, is typical); "
+            "or save one object per line as .jsonl so one bad record does not stop the whole file.",
+        ) from None
+    if isinstance(data, list):
+        return _array_records(data, None, file)
+    if isinstance(data, dict):
+        return _array_records(_unwrap_object(data, file), None, file)
+    raise DataError(
+        f"the file holds a JSON {type(data).__name__}, not records.",
+        file=file,
+        hint='store a JSON array of objects, e.g. [{"instruction": ..., "output": ...}], or one object per line.',
+    )
+
+
+def _read_jsonl_or_array(text: str, file: str) -> Iterator[RawRecord]:
+    """A .jsonl file; a whole JSON array saved under that name is accepted too."""
+    if text.lstrip().startswith("["):
+        scanned = _scan_array(text)
+        if scanned is not None:
+            return _array_records(scanned[0], scanned[1], file)
+    return _read_jsonl(text, file)
+
+
+def _read_jsonl(text: str, file: str) -> Iterator[RawRecord]:
+    # split on "\n" only: str.splitlines() would also split on U+2028 etc., legal inside JSON strings
+    index = 0
+    for lineno, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        index += 1
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            yield RawRecord(index, lineno, None, _reject(
+                file, index, lineno, "invalid_json", line.rstrip("\r"),
+                f"line {lineno} is not valid JSON: {e.msg} at column {e.colno}. Fix: repair that line "
+                "(each line must be one complete JSON object) or delete it.",
+            ))  # fmt: skip
+            continue
+        if not isinstance(obj, dict):
+            yield RawRecord(index, lineno, None, _reject(
+                file, index, lineno, "not_an_object", obj,
+                f"line {lineno} is a JSON {type(obj).__name__}, not an object. Fix: make each line one "
+                "JSON object such as {\"messages\": [...]}.",
+            ))  # fmt: skip
+            continue
+        yield RawRecord(index, lineno, obj, None)
+
+
+def _first_line_is_object(text: str) -> bool:
+    first = text.split("\n", 1)[0]
+    try:
+        return isinstance(json.loads(first), dict)
+    except json.JSONDecodeError:
+        return False
+
+
+def _scan_array(text: str) -> tuple[list[Any], list[int]] | None:
+    """Parse a top-level JSON array element by element to learn each element's start line.
+
+    Returns None for anything that is not a well-formed array; the caller then re-parses with
+    `json.loads` to get the standard error message. Each element is parsed by the C decoder, so
+    this costs about the same as `json.loads` itself.
+    """
+    decoder = json.JSONDecoder()
+    pos = _WS.match(text, 0).end()
+    if text[pos : pos + 1] != "[":
+        return None
+    items: list[Any] = []
+    lines: list[int] = []
+    line, last = 1, 0
+    pos = _WS.match(text, pos + 1).end()
+    if text[pos : pos + 1] == "]":
+        return ([], []) if _WS.match(text, pos + 1).end() == len(text) else None
+    try:
+        while True:
+            line += text.count("\n", last, pos)
+            last = pos
+            obj, pos = decoder.raw_decode(text, pos)
+            items.append(obj)
+            lines.append(line)
+            pos = _WS.match(text, pos).end()
+            sep = text[pos : pos + 1]
+            if sep == ",":
+                pos = _WS.match(text, pos + 1).end()
+            elif sep == "]":
+                return (items, lines) if _WS.match(text, pos + 1).end() == len(text) else None
+            else:
+                return None
+    except (json.JSONDecodeError, ValueError):
+        return None
+
+
+def _unwrap_object(data: dict[str, Any], file: str) -> list[Any]:
+    """{"data": [...]} -> the list; a lone record object -> [object]."""
+    if _RECORD_KEYS.intersection(data):
+        return [data]
+    lists = [k for k, v in data.items() if isinstance(v, list) and v and all(isinstance(x, dict) for x in v)]
+    if not lists:
+        return [data]
+    if len(lists) == 1:
+        return data[lists[0]]
+    raise DataError(
+        f"the JSON object holds several lists of records ({', '.join(repr(k) for k in lists)}); "
+        "cannot tell which one to read.",
+        file=file,
+        hint="keep one list (or save it as a JSON array / JSON lines file).",
+    )
+
+
+def _array_records(items: list[Any], lines: list[int] | None, file: str) -> Iterator[RawRecord]:
+    for i, obj in enumerate(items, start=1):
+        line = lines[i - 1] if lines else None
+        if isinstance(obj, dict):
+            yield RawRecord(i, line, obj, None)
+        else:
+            yield RawRecord(i, line, None, _reject(
+                file, i, line, "not_an_object", obj,
+                f"record {i} is a JSON {type(obj).__name__}, not an object. Fix: make every array "
+                "element a JSON object.",
+            ))  # fmt: skip
+
+
+# ---------------------------------------------------------------- CSV / TSV
+
+
+def _read_delimited(text: str, file: str, *, tsv: bool) -> Iterator[RawRecord]:
+    """Header row + rows, values as strings.
+
+    TSV is read without quote handling (as GLUE/SST-2 and the IANA TSV definition do): with
+    quoting on, one stray `"` at the start of a cell silently swallows every following row.
+    """
+    kind = "TSV" if tsv else "CSV"
+    # strict: an unterminated quote is an error, not a cell that silently swallows the rest of the file
+    options: dict[str, Any] = {"delimiter": "\t", "quoting": csv.QUOTE_NONE} if tsv else {"strict": True}
+    reader = csv.reader(io.StringIO(text, newline=""), **options)
+    raw_lines = text.split("\n")
+    try:
+        header = next(reader, None)
+        while header == []:
+            header = next(reader, None)
+    except csv.Error as e:
+        raise DataError(f"cannot read the {kind} header: {e}.", file=file, line=reader.line_num) from None
+    if header is None:
+        raise DataError(
+            f"the {kind} file is empty.", file=file, hint="put a header row first, then one row per record."
+        )
+    names = [h.strip() for h in header]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes or "" in names:
+        problem = f"duplicate column names {dupes}" if dupes else "an empty column name"
+        raise DataError(
+            f"the {kind} header {names} has {problem}.",
+            file=file,
+            line=reader.line_num,
+            hint="give every column a unique, non-empty name in the first row.",
+        )
+    return _delimited_rows(reader, names, raw_lines, file, kind)
+
+
+def _delimited_rows(
+    reader: Any, names: list[str], raw_lines: list[str], file: str, kind: str
+) -> Iterator[RawRecord]:
+    index, end = 0, reader.line_num
+    while True:
+        start = end + 1
+        try:
+            row = next(reader, None)
+        except csv.Error as e:  # e.g. an unterminated quote, or text after a closing quote
+            index += 1
+            raw = "\n".join(raw_lines[start - 1 : reader.line_num]).replace("\r", "")
+            yield RawRecord(index, start, None, _reject(
+                file, index, start, "bad_row", raw,
+                f"line {start} cannot be parsed as {kind}: {e}. Fix: a cell that contains quotes must be "
+                'wrapped in quotes with inner quotes doubled, e.g. "say ""hi""".',
+            ))  # fmt: skip
+            if reader.line_num < start:
+                return
+            end = reader.line_num
+            continue
+        if row is None:
+            return
+        end = reader.line_num
+        if not row:  # blank line
+            continue
+        index += 1
+        if len(row) != len(names):
+            raw = "\n".join(raw_lines[start - 1 : end]).replace("\r", "")
+            yield RawRecord(index, start, None, _reject(
+                file, index, start, "bad_row", raw,
+                f"line {start} has {len(row)} cells but the header has {len(names)} ({', '.join(names)}). "
+                f"Fix: quote cells that contain the delimiter, or add/remove cells on that row.",
+            ))  # fmt: skip
+            continue
+        yield RawRecord(index, start, dict(zip(names, row, strict=True)), None)
+
+
+# ---------------------------------------------------------------- Parquet and plain text
+
+
+def _read_parquet(p: Path, file: str) -> Iterator[RawRecord]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        rows = pq.read_table(p).to_pylist()
+    except (pa.ArrowException, OSError) as e:
+        raise DataError(
+            f"cannot read the Parquet file: {e}.", file=file, hint="check it is a valid .parquet file."
+        ) from None
+    return (RawRecord(i, None, row, None) for i, row in enumerate(rows, start=1))
+
+
+def _read_txt(text: str, file: str, text_split: str) -> Iterator[RawRecord]:
+    """Plain text: the whole file, one record per line, or one per blank-line-separated block."""
+    text = text.replace("\r\n", "\n")
+    if text_split == "file":
+        if text.strip():
+            yield RawRecord(1, 1, {"text": text}, None)
+        return
+    index = 0
+    block: list[str] = []
+    block_start = 0
+    for lineno, line in enumerate([*text.split("\n"), ""], start=1):
+        if text_split == "line":
+            if line.strip():
+                index += 1
+                yield RawRecord(index, lineno, {"text": line}, None)
+        elif line.strip():
+            if not block:
+                block_start = lineno
+            block.append(line)
+        elif block:
+            index += 1
+            yield RawRecord(index, block_start, {"text": "\n".join(block)}, None)
+            block = []
+
+
+def _reject(file: str, record: int, line: int | None, reason: str, raw: Any, message: str) -> Reject:
+    return Reject(file=file, record=record, line=line, field=None, reason=reason, message=message, raw=raw)

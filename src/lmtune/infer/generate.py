@@ -1,0 +1,253 @@
+"""Reply generation with the chat template the model was trained with.
+
+The silent inference bugs this module guards against: a prompt rendered with a different template
+than training used (we always render with the tokenizer's own template, which the run directory
+saves), right padding in a batch (the model would continue from pad tokens), a missing attention
+mask, and a model that never stops because only one of its end-of-turn ids is passed to
+`generate`. Batched output is tested to equal one-at-a-time output.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from lmtune.errors import ConfigError, ModelError
+
+
+@dataclass
+class GenerationOptions:
+    """How to decode a reply; the field names match the `generation` block of the config."""
+
+    max_new_tokens: int = 128
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    top_k: int = 0  # 0 = off
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)  # the output is cut before the first one
+
+    def __post_init__(self) -> None:
+        """Reject impossible settings with a sentence (a CLI flag or config value the user can fix)."""
+        if self.max_new_tokens < 1:
+            raise ConfigError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise ConfigError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise ConfigError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
+        if self.repetition_penalty <= 0:
+            raise ConfigError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+
+
+def render_prompt(tokenizer: Any, conversation: Sequence[dict]) -> str:
+    """The exact prompt text the model sees: the tokenizer's chat template plus the assistant header."""
+    if not conversation:
+        raise ValueError("a conversation needs at least one message")
+    last = conversation[-1]
+    if not isinstance(last, dict) or last.get("role") != "user":
+        raise ValueError(f"a conversation must end with a user message, got role {last.get('role')!r}")
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise ModelError(
+            "The model's tokenizer has no chat template, so a conversation cannot be formatted. "
+            "Fix: use an instruct/chat model, or fine-tune with a `template` set so the run saves one."
+        )
+    return tokenizer.apply_chat_template(list(conversation), add_generation_prompt=True, tokenize=False)
+
+
+def cut_at_stop(text: str, stop: Sequence[str]) -> str:
+    """`text` cut before the earliest occurrence of any (non-empty) stop string."""
+    positions = [i for s in stop if s and (i := text.find(s)) >= 0]
+    return text[: min(positions)] if positions else text
+
+
+def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
+    """Union of the tokenizer's eos and the generation config's eos ids (e.g. <|im_end|> and <|endoftext|>)."""
+    ids: list[int] = []
+    candidates: list[Any] = [tokenizer.eos_token_id]
+    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    candidates.extend(gen_eos if isinstance(gen_eos, (list, tuple)) else [gen_eos])
+    for i in candidates:
+        if i is not None and int(i) not in ids:
+            ids.append(int(i))
+    return ids
+
+
+def _generate_kwargs(model: Any, tokenizer: Any, options: GenerationOptions) -> dict[str, Any]:
+    eos = _eos_ids(model, tokenizer)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos[0] if eos else 0)
+    sample = options.temperature > 0
+    kwargs: dict[str, Any] = {
+        "max_new_tokens": options.max_new_tokens,
+        "do_sample": sample,
+        "eos_token_id": eos,
+        "pad_token_id": pad,
+        "repetition_penalty": options.repetition_penalty,
+        # Explicit values so a model's own generation_config (e.g. top_k=50) does not leak in.
+        "temperature": options.temperature if sample else None,
+        "top_p": options.top_p if sample else None,
+        "top_k": options.top_k if sample else None,
+    }
+    return kwargs
+
+
+class _TrainingModeOff:
+    """`model.eval()` for the duration, restoring training mode after (callers may be mid-training)."""
+
+    def __init__(self, model: Any) -> None:
+        self.model, self.was_training = model, bool(getattr(model, "training", False))
+
+    def __enter__(self) -> None:
+        self.model.eval()
+
+    def __exit__(self, *exc: object) -> None:
+        if self.was_training:
+            self.model.train()
+
+
+def _device(model: Any) -> Any:
+    return next(model.parameters()).device
+
+
+def generate_replies(
+    model: Any,
+    tokenizer: Any,
+    conversations: list[list[dict]],
+    options: GenerationOptions | None = None,
+    *,
+    batch_size: int = 8,
+) -> list[str]:
+    """One reply per conversation, generated in left-padded batches; equal to generating each alone."""
+    import torch
+
+    options = options or GenerationOptions()
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    prompts = [render_prompt(tokenizer, c) for c in conversations]
+    kwargs = _generate_kwargs(model, tokenizer, options)
+    eos = set(kwargs["eos_token_id"])
+    if options.seed is not None:
+        torch.manual_seed(options.seed)
+
+    old_side, old_pad = tokenizer.padding_side, tokenizer.pad_token
+    tokenizer.padding_side = "left"  # generation continues from the last column, so pads go first
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token_id = kwargs["pad_token_id"]
+    replies: list[str] = []
+    try:
+        with _TrainingModeOff(model), torch.inference_mode():
+            device = _device(model)
+            for start in range(0, len(prompts), batch_size):
+                enc = tokenizer(
+                    prompts[start : start + batch_size],
+                    return_tensors="pt",
+                    padding=True,
+                    add_special_tokens=False,  # the template already has any BOS
+                )
+                input_ids = enc["input_ids"].to(device)
+                out = model.generate(
+                    input_ids=input_ids, attention_mask=enc["attention_mask"].to(device), **kwargs
+                )
+                for row in out[:, input_ids.shape[1] :].tolist():
+                    end = next((i for i, t in enumerate(row) if t in eos), len(row))
+                    text = tokenizer.decode(row[:end], skip_special_tokens=True)
+                    replies.append(cut_at_stop(text, options.stop).strip())
+    finally:
+        tokenizer.padding_side = old_side
+        if old_pad is None:
+            tokenizer.pad_token = None
+    return replies
+
+
+def _held_back(text: str, stop: Sequence[str]) -> int:
+    """Length of the longest suffix of `text` that could still grow into a stop string."""
+    best = 0
+    for s in stop:
+        for k in range(min(len(s) - 1, len(text)), best, -1):
+            if s.startswith(text[-k:]):
+                best = k
+                break
+    return best
+
+
+def stream_reply(
+    model: Any,
+    tokenizer: Any,
+    conversation: list[dict],
+    options: GenerationOptions | None = None,
+) -> Generator[str, None, None]:
+    """Yield the reply in pieces as it is generated; the pieces join to what `generate_replies` returns.
+
+    Text that might be the start of a stop string, or trailing whitespace, is held back until it is
+    known not to be cut. Closing the iterator early (or hitting a stop string) stops generation.
+    """
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+
+    options = options or GenerationOptions()
+    stop = [s for s in options.stop if s]
+    prompt = render_prompt(tokenizer, conversation)
+    kwargs = _generate_kwargs(model, tokenizer, options)
+    enc = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    cancel = threading.Event()
+
+    class _Cancel(StoppingCriteria):
+        def __call__(self, input_ids: Any, scores: Any, **_: Any) -> Any:
+            return torch.full(
+                (input_ids.shape[0],), cancel.is_set(), dtype=torch.bool, device=input_ids.device
+            )
+
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            with _TrainingModeOff(model), torch.inference_mode():
+                device = _device(model)
+                model.generate(
+                    input_ids=enc["input_ids"].to(device),
+                    attention_mask=enc["attention_mask"].to(device),
+                    streamer=streamer,
+                    stopping_criteria=StoppingCriteriaList([_Cancel()]),
+                    **kwargs,
+                )
+        except BaseException as err:  # surfaced in the caller's thread below
+            errors.append(err)
+            streamer.end()
+
+    if options.seed is not None:
+        torch.manual_seed(options.seed)  # the CPU generator is process-wide, so the thread sees it
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    full, sent = "", 0  # raw text so far; characters of the stripped reply already yielded
+    ended = False  # the streamer's end signal has been consumed
+    try:
+        while True:
+            try:
+                piece = next(streamer)
+            except StopIteration:
+                ended = True
+                break
+            full += piece
+            if cut_at_stop(full, stop) != full:
+                cancel.set()
+                break
+            lead = len(full) - len(full.lstrip())
+            safe = min(len(full) - _held_back(full, stop), len(full.rstrip()))
+            if safe > lead + sent:
+                yield full[lead + sent : safe]
+                sent = safe - lead
+        if errors:
+            raise errors[0]
+        final = cut_at_stop(full, stop).strip()
+        if len(final) > sent:
+            yield final[sent:]
+    finally:
+        cancel.set()
+        if not ended:
+            for _ in streamer:  # drain, so the worker finishes and is never left blocked
+                pass
+        thread.join()

@@ -1,0 +1,103 @@
+"""The run's human-readable outputs: loss plot, summary.md/summary.json, and the printed report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from lmtune.run.layout import RunDir, write_json
+
+
+def plot_losses(history: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [(h["step"], h["loss"]) for h in history if "loss" in h]
+    val = [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h]
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    if train:
+        ax.plot(*zip(*train), label="train loss", marker="." if len(train) < 30 else None)
+    if val:
+        ax.plot(*zip(*val), label="validation loss", marker="o")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _fmt(x: Any, digits: int = 4) -> str:
+    if x is None:
+        return "-"
+    if isinstance(x, float):
+        return f"{x:.{digits}f}"
+    return str(x)
+
+
+def write_summary(run: RunDir, s: dict[str, Any], console: Any) -> None:
+    write_json(run.summary_json, s)
+    p = s["parameters"]
+    lines = [
+        f"# Run {run.root.name}",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| model | {s['model']} |",
+        f"| method | {s['method']} |",
+        f"| trainable parameters | {p['trainable']:,} of {p['total']:,} ({p['trainable_percent']}%) |",
+        f"| samples (train / validation / rejected) | {s['data']['train_samples']} / "
+        f"{s['data']['val_samples']} / {s['data']['rejected']} |",
+        f"| optimizer steps | {s['steps']} |",
+        f"| tokens seen (non-padding) | {s['tokens_seen']:,} |",
+        f"| training time | {s['train_seconds']} s (whole run {s['total_seconds']} s) |",
+        f"| train loss (first log / last log) | {_fmt(s['train_loss']['first'])} / {_fmt(s['train_loss']['last'])} |",
+        f"| validation loss (before / after) | {_fmt(s['eval_loss']['before'])} / {_fmt(s['eval_loss']['after'])} |",
+    ]
+    before, after = s["checks"]["before"], s["checks"]["after"]
+    if after:
+        lines += ["", "## Check prompts", ""]
+        for key in ("exact_match", "contains"):
+            if after.get(key) is not None:
+                b = _fmt(before.get(key), 2) if before else "-"
+                lines.append(f"- {key}: {b} before, {_fmt(after[key], 2)} after")
+        lines += ["", "| prompt | base | tuned |", "|---|---|---|"]
+        for i, row in enumerate(after["rows"]):
+            base = before["rows"][i]["answer"] if before else "-"
+            lines.append(f"| {_cell(row['prompt'])} | {_cell(base)} | {_cell(row['answer'])} |")
+    lines += ["", "Files: config.yaml, data_stats.json, rejects.jsonl, metrics.jsonl, loss.png, "
+              "the trained weights and the tokenizer (with its chat template).", ""]
+    run.summary_md.write_text("\n".join(lines), encoding="utf-8")
+    _print(s, console)
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _print(s: dict[str, Any], console: Any) -> None:
+    from rich.table import Table
+
+    before, after = s["checks"]["before"], s["checks"]["after"]
+    if after:
+        table = Table(title="Check prompts: base vs tuned", show_lines=True)
+        table.add_column("prompt", max_width=30)
+        table.add_column("base model", max_width=45)
+        table.add_column("tuned model", max_width=45)
+        for i, row in enumerate(after["rows"]):
+            base = before["rows"][i]["answer"] if before else "-"
+            table.add_row(row["prompt"], base, row["answer"])
+        console.print(table)
+        for key in ("exact_match", "contains"):
+            if after.get(key) is not None:
+                b = f"{before[key]:.0%}" if before and before.get(key) is not None else "-"
+                console.print(f"[bold]{key}[/]: {b} before -> {after[key]:.0%} after")
+    tl, el = s["train_loss"], s["eval_loss"]
+    console.print(
+        f"[bold green]Done[/] in {s['total_seconds']} s: train loss {_fmt(tl['first'])} -> {_fmt(tl['last'])}"
+        + (f", validation loss {_fmt(el['before'])} -> {_fmt(el['after'])}" if el["after"] is not None else "")
+        + f". Run directory: {s['run_dir']}"
+    )

@@ -1,0 +1,126 @@
+"""Chat templates: the model's own, or a named fallback for models that ship none.
+
+Training and inference must render conversations identically, so the chosen template is stored on
+the tokenizer (`tokenizer.chat_template`) and saved with it in the run directory; `lmtune chat`
+then reads it back from there.
+
+Fallbacks:
+- chatml: `<|im_start|>{role}\\n{content}<|im_end|>\\n` per message (needs `<|im_end|>` in the vocab).
+- alpaca: "### Instruction:" / "### Response:" blocks; each response ends with the tokenizer's EOS.
+  Both are token-prefix-stable: a conversation's prefix tokenises to a prefix of its tokens.
+
+Tools, for templates that do not know them (documented fallback): tool definitions are appended to
+the system message as JSON, and an assistant tool call is written into its content as
+`<tool_call>{"name": ..., "arguments": ...}</tool_call>`, one per call (the Hermes/Qwen convention).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from lmtune.errors import ConfigError
+
+CHATML = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+ALPACA = (
+    # Separators open a block instead of closing one, so an answer ends exactly at the EOS token
+    # and "<eos>\n\n### Instruction" tokenises the same in a prefix as in the whole conversation.
+    "{% if messages[0]['role'] == 'system' %}{{ messages[0]['content'] }}"
+    "{% else %}{{ 'Below is an instruction that describes a task. "
+    "Write a response that appropriately completes the request.' }}{% endif %}"
+    "{% for message in messages %}"
+    "{% if message['role'] == 'user' %}{{ '\\n\\n### Instruction:\\n' + message['content'] }}"
+    "{% elif message['role'] == 'tool' %}{{ '\\n\\n### Tool result:\\n' + message['content'] }}"
+    "{% elif message['role'] == 'assistant' %}"
+    "{{ '\\n\\n### Response:\\n' + message['content'] + eos_token }}"
+    "{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '\\n\\n### Response:\\n' }}{% endif %}"
+)
+
+FALLBACKS = {"chatml": CHATML, "alpaca": ALPACA}
+
+
+def apply_template_choice(tokenizer: Any, name: str | None) -> str:
+    """Install the chat template the run will use on `tokenizer` and return its name.
+
+    `name` None keeps the model's own template (an error if it has none); a fallback name
+    replaces it.
+    """
+    if name is None:
+        if not getattr(tokenizer, "chat_template", None):
+            raise ConfigError(
+                "This model's tokenizer has no chat template (a base model?). "
+                f"Set data.template to one of: {', '.join(FALLBACKS)}."
+            )
+        return "model"
+    if name not in FALLBACKS:
+        raise ConfigError(f"Unknown data.template '{name}'. Choose one of: {', '.join(FALLBACKS)}.")
+    template = FALLBACKS[name]
+    if name == "chatml":
+        unk = getattr(tokenizer, "unk_token_id", None)
+        im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+        if im_end is None or im_end == unk:
+            raise ConfigError(
+                "data.template chatml needs the <|im_end|> token, which this tokenizer lacks; "
+                "use data.template: alpaca (ends answers with the model's own EOS token)."
+            )
+    if _adds_bos(tokenizer):
+        template = "{{ bos_token }}" + template
+    tokenizer.chat_template = template
+    return name
+
+
+def _adds_bos(tokenizer: Any) -> bool:
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if bos is None:
+        return False
+    ids = tokenizer("a")["input_ids"]
+    return bool(ids) and ids[0] == bos
+
+
+def supports(tokenizer: Any, feature: str) -> bool:
+    """Whether the tokenizer's chat template mentions `feature` (e.g. 'tools', 'tool_calls')."""
+    return feature in (getattr(tokenizer, "chat_template", None) or "")
+
+
+def to_template_messages(
+    messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None, tokenizer: Any
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
+    """Canonical messages -> what `apply_chat_template` gets, with the tools fallback applied."""
+    native_calls = supports(tokenizer, "tool_calls")
+    out: list[dict[str, Any]] = []
+    for m in messages:
+        msg: dict[str, Any] = {"role": m["role"], "content": m.get("content") or ""}
+        if m.get("tool_calls"):
+            if native_calls:
+                msg["tool_calls"] = m["tool_calls"]
+            else:
+                calls = "\n".join(_call_text(c) for c in m["tool_calls"])
+                msg["content"] = (msg["content"] + "\n" if msg["content"] else "") + calls
+        out.append(msg)
+    if not tools or supports(tokenizer, "tools"):
+        return out, tools or None
+    listing = "You can call these tools:\n" + "\n".join(json.dumps(t, ensure_ascii=False) for t in tools)
+    if out and out[0]["role"] == "system":
+        out[0] = {**out[0], "content": out[0]["content"] + "\n\n" + listing}
+    else:
+        out.insert(0, {"role": "system", "content": listing})
+    return out, None
+
+
+def _call_text(call: dict[str, Any]) -> str:
+    fn = call.get("function", call)
+    args = fn.get("arguments", {})
+    if isinstance(args, str):
+        try:
+            args = json.loads(args)
+        except json.JSONDecodeError:
+            pass
+    body = json.dumps({"name": fn.get("name"), "arguments": args}, ensure_ascii=False)
+    return f"<tool_call>{body}</tool_call>"

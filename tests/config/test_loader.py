@@ -1,0 +1,86 @@
+"""Config loading: defaults, overrides, unknown keys with suggestions, resolved paths."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from lmtune.config.loader import apply_override, dump_config, load_config
+from lmtune.config.reference import config_reference
+from lmtune.config.schema import RunConfig
+from lmtune.errors import ConfigError
+
+
+def write(tmp_path, data, name="exp.yaml"):
+    p = tmp_path / name
+    p.write_text(yaml.safe_dump(data))
+    return p
+
+
+def test_defaults_filled_and_paths_resolved(tmp_path):
+    cfg = load_config(write(tmp_path, {"data": {"path": "train.jsonl"}}))
+    assert cfg.method.name == "lora" and cfg.method.r == 16 and cfg.train.epochs == 3.0
+    assert cfg.data.path == str((tmp_path / "train.jsonl").resolve())
+    assert cfg.output.name == "exp"  # the config file's name
+
+
+def test_overrides_parse_yaml_values(tmp_path):
+    cfg = load_config(
+        write(tmp_path, {"data": {"path": "x.jsonl"}}),
+        ["train.max_steps=20", "train.lr=1e-4", "method.target_modules=[q_proj, v_proj]", "train.bf16=false"],
+    )
+    assert cfg.train.max_steps == 20 and cfg.train.lr == pytest.approx(1e-4)
+    assert cfg.method.target_modules == ["q_proj", "v_proj"]
+    assert cfg.train.bf16 is False
+
+
+@pytest.mark.parametrize(
+    ("data", "override", "expected"),
+    [
+        ({"data": {"path": "x", "max_lenght": 5}}, [], "Did you mean 'data.max_length'?"),
+        ({"data": {"path": "x"}, "trian": {}}, [], "Did you mean 'train'?"),
+        ({"data": {"path": "x"}}, ["train.learning_rate=1"], "Did you mean 'train.lr'?"),
+        ({"data": {"path": "x"}}, ["method.name=lorax"], "method.name"),
+        ({"data": {"path": "x"}}, ["train.batch_size=0"], "train.batch_size"),
+        ({}, [], "data.path is required"),
+    ],
+)
+def test_errors_name_the_key_and_suggest(tmp_path, data, override, expected):
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, data), override)
+    assert expected in str(err.value)
+
+
+def test_unknown_key_lists_valid_keys(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, {"data": {"path": "x"}, "method": {"rank": 8}}))
+    msg = str(err.value)
+    assert "unknown key 'method.rank'" in msg and "Valid keys in method: name, r, alpha" in msg
+
+
+def test_bad_override_syntax_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="section.key=value"):
+        apply_override({}, "train.lr")
+    with pytest.raises(ConfigError, match="name a section and a key"):
+        apply_override({}, "lr=1")
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: [unclosed")
+    with pytest.raises(ConfigError, match="invalid YAML"):
+        load_config(bad)
+
+
+def test_dump_round_trips(tmp_path):
+    cfg = load_config(write(tmp_path, {"data": {"path": "x.jsonl"}, "train": {"lr": 0.001}}))
+    again = RunConfig.model_validate(yaml.safe_load(dump_config(cfg)))
+    assert again == cfg
+
+
+def test_reference_covers_every_field():
+    ref = config_reference()
+    for section, sfield in RunConfig.model_fields.items():
+        assert f"## {section}" in ref
+        for name in sfield.annotation.model_fields:
+            assert f"`{section}.{name}`" in ref
+    assert "| `method.name` | lora, full | `\"lora\"` |" in ref

@@ -1,0 +1,188 @@
+"""Masking is checked against an independent computation.
+
+The implementation finds trained spans by *character* offsets in one rendering of the whole
+conversation. The reference below works on *tokens* instead: it tokenises each prefix
+render(messages[:i], generation prompt) and render(messages[:i+1]) separately with
+`apply_chat_template(tokenize=True)` and says the tokens between the two lengths are trained.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+
+from lmtune.errors import ConfigError
+from lmtune.tokenize.masking import IGNORE, MaskingError, tokenize_conversation
+from lmtune.tokenize.templates import apply_template_choice
+
+MULTI = [
+    {"role": "user", "content": "Hi there"},
+    {"role": "assistant", "content": "Hello! How can I help?"},
+    {"role": "user", "content": "What is 2+2?"},
+    {"role": "assistant", "content": "4"},
+    {"role": "user", "content": "And 3+3?"},
+    {"role": "assistant", "content": "It is 6."},
+]
+
+
+def _ids(tok, messages, gen):
+    out = tok.apply_chat_template(messages, tokenize=True, add_generation_prompt=gen)
+    return list(out["input_ids"] if isinstance(out, dict) or hasattr(out, "keys") else out)
+
+
+def reference_labels(tok, messages, turns):
+    full = _ids(tok, messages, False)
+    labels = [IGNORE] * len(full)
+    for i in turns:
+        start = len(_ids(tok, messages[:i], True))
+        end = len(_ids(tok, messages[: i + 1], False))
+        assert full[:end] == _ids(tok, messages[: i + 1], False)  # token-level prefix property
+        labels[start:end] = full[start:end]
+    return full, labels
+
+
+@pytest.fixture()
+def tok(smollm2_tokenizer):
+    return copy.deepcopy(smollm2_tokenizer)
+
+
+def test_multi_turn_matches_token_level_reference(tok):
+    out = tokenize_conversation(tok, MULTI)
+    full, labels = reference_labels(tok, MULTI, [1, 3, 5])
+    assert out.input_ids == full
+    assert out.labels == labels
+
+
+def test_trained_text_is_each_answer_with_its_end_of_turn(tok):
+    out = tokenize_conversation(tok, MULTI)
+    runs, cur = [], []
+    for t, lab in zip(out.input_ids, out.labels):
+        if lab != IGNORE:
+            cur.append(t)
+        elif cur:
+            runs.append(tok.decode(cur))
+            cur = []
+    if cur:
+        runs.append(tok.decode(cur))
+    assert runs == ["Hello! How can I help?<|im_end|>\n", "4<|im_end|>\n", "It is 6.<|im_end|>\n"]
+    eos = tok.convert_tokens_to_ids("<|im_end|>")
+    assert tok.eos_token_id == eos
+    trained_eos = [t for t, lab in zip(out.input_ids, out.labels) if lab == eos]
+    assert len(trained_eos) == 3  # the model learns to stop after every answer
+
+
+def test_injected_default_system_prompt_is_never_trained(tok):
+    out = tokenize_conversation(tok, MULTI[:2])
+    text = tok.decode(out.input_ids)
+    assert "You are a helpful AI assistant named SmolLM" in text  # the template injected it
+    trained = tok.decode([t for t, lab in zip(out.input_ids, out.labels) if lab != IGNORE])
+    assert "SmolLM" not in trained and "user" not in trained
+
+
+def test_explicit_system_replaces_default_and_is_masked(tok):
+    msgs = [{"role": "system", "content": "Be brief."}, *MULTI[:2]]
+    out = tokenize_conversation(tok, msgs)
+    text = tok.decode(out.input_ids)
+    assert "Be brief." in text and "SmolLM" not in text
+    full, labels = reference_labels(tok, msgs, [2])
+    assert (out.input_ids, out.labels) == (full, labels)
+
+
+def test_train_on_last_and_weights(tok):
+    out = tokenize_conversation(tok, MULTI, train_on="last")
+    assert out.labels == reference_labels(tok, MULTI, [5])[1]
+    weighted = copy.deepcopy(MULTI)
+    weighted[1]["weight"] = 0  # OpenAI format: do not learn this answer
+    out = tokenize_conversation(tok, weighted, train_on="all")
+    assert out.labels == reference_labels(tok, MULTI, [3, 5])[1]
+    weighted[3]["weight"] = 1  # explicit 1 wins over train_on=last
+    out = tokenize_conversation(tok, weighted, train_on="last")
+    assert out.labels == reference_labels(tok, MULTI, [3, 5])[1]
+
+
+def test_all_tokens_trains_everything(tok):
+    out = tokenize_conversation(tok, MULTI, train_on="all_tokens")
+    assert out.labels == out.input_ids
+
+
+def test_truncation_keeps_trained_tokens_or_rejects(tok):
+    long_user = [{"role": "user", "content": "word " * 400}, {"role": "assistant", "content": "ok"}]
+    with pytest.raises(MaskingError) as err:
+        tokenize_conversation(tok, long_user, max_length=64)
+    assert err.value.reason == "no_trained_tokens"
+    out = tokenize_conversation(tok, MULTI, max_length=50)
+    assert out.truncated and len(out.input_ids) == 50 and out.num_trained > 0
+    full, labels = reference_labels(tok, MULTI, [1, 3, 5])
+    assert out.labels == labels[:50]
+
+
+def test_no_trained_turn_is_rejected(tok):
+    msgs = copy.deepcopy(MULTI[:2])
+    msgs[1]["weight"] = 0
+    with pytest.raises(MaskingError) as err:
+        tokenize_conversation(tok, msgs)
+    assert err.value.reason == "no_trained_turn"
+
+
+def test_template_that_rewrites_history_is_rejected(tok):
+    # Drops the content of earlier assistant turns (as reasoning templates do): not prefix-stable.
+    tok.chat_template = (
+        "{% for m in messages %}{% if m['role'] == 'assistant' and not loop.last %}"
+        "<|im_start|>assistant\n<|im_end|>\n{% else %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+        "{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    with pytest.raises(MaskingError) as err:
+        tokenize_conversation(tok, MULTI)
+    assert err.value.reason == "template_not_prefix_stable"
+
+
+@pytest.mark.parametrize("name", ["chatml", "alpaca"])
+def test_fallback_templates(tok, name):
+    assert apply_template_choice(tok, name) == name
+    out = tokenize_conversation(tok, MULTI)
+    assert out.labels == reference_labels(tok, MULTI, [1, 3, 5])[1]
+    trained = [t for t, lab in zip(out.input_ids, out.labels) if lab != IGNORE]
+    stop = tok.convert_tokens_to_ids("<|im_end|>") if name == "chatml" else tok.eos_token_id
+    assert trained.count(stop) == 3
+    if name == "alpaca":
+        assert "### Instruction:\nHi there" in tok.decode(out.input_ids)
+
+
+def test_missing_template_and_unknown_name_are_config_errors(tok):
+    tok.chat_template = None
+    with pytest.raises(ConfigError, match="data.template"):
+        apply_template_choice(tok, None)
+    with pytest.raises(ConfigError, match="chatml, alpaca"):
+        apply_template_choice(tok, "vicuna")
+
+
+def test_tool_calls_fallback_is_trained_and_tool_results_are_not(tok):
+    call = {"type": "function", "function": {"name": "price", "arguments": json.dumps({"symbol": "BAC"})}}
+    msgs = [
+        {"role": "user", "content": "BAC price?"},
+        {"role": "assistant", "content": "", "tool_calls": [call]},
+        {"role": "tool", "content": "42.0"},
+        {"role": "assistant", "content": "It is 42."},
+    ]
+    tools = [{"type": "function", "function": {"name": "price", "parameters": {}}}]
+    out = tokenize_conversation(tok, msgs, tools=tools)
+    text = tok.decode(out.input_ids)
+    assert '<tool_call>{"name": "price", "arguments": {"symbol": "BAC"}}</tool_call>' in text
+    assert "You can call these tools" in text
+    trained = tok.decode([t for t, lab in zip(out.input_ids, out.labels) if lab != IGNORE])
+    assert "<tool_call>" in trained and "It is 42." in trained
+    assert "42.0" not in trained and "BAC price" not in trained
+
+
+def test_every_fastchat_conversation_matches_reference(tok, shared_data):
+    from lmtune.data.load import load_conversations
+
+    result = load_conversations(shared_data / "sharegpt_fastchat" / "dummy_conversation.json")
+    assert len(result.records) == 500
+    for conv in result.records[::5]:
+        msgs = [m.to_dict() for m in conv.messages]
+        turns = [i for i, m in enumerate(msgs) if m["role"] == "assistant"]
+        out = tokenize_conversation(tok, msgs)
+        assert (out.input_ids, out.labels) == reference_labels(tok, msgs, turns), conv.source
