@@ -83,4 +83,4 @@ def test_reference_covers_every_field():
         assert f"## {section}" in ref
         for name in sfield.annotation.model_fields:
             assert f"`{section}.{name}`" in ref
-    assert "| `method.name` | lora, full | `\"lora\"` |" in ref
+    assert '| `method.name` | lora, full | `"lora"` |' in ref

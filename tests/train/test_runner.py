@@ -21,8 +21,12 @@ def arithmetic_file(tmp_path_factory):
     with path.open("w") as f:
         for _ in range(24):
             a, b = rnd.randint(1, 9), rnd.randint(1, 9)
-            row = {"messages": [{"role": "user", "content": f"What is {a} plus {b}?"},
-                                {"role": "assistant", "content": f"{a} plus {b} is {a + b}."}]}
+            row = {
+                "messages": [
+                    {"role": "user", "content": f"What is {a} plus {b}?"},
+                    {"role": "assistant", "content": f"{a} plus {b} is {a + b}."},
+                ]
+            }
             f.write(json.dumps(row) + "\n")
         f.write('{"messages": [{"role": "user", "content": "no answer"}]}\n')
         f.write("{bad json\n")
@@ -30,18 +34,24 @@ def arithmetic_file(tmp_path_factory):
 
 
 def config(model_dir, data, out, **train):
-    return validate_config({
-        "model": {"name": str(model_dir)},
-        "data": {"path": str(data), "val_size": 4},
-        "method": {"name": train.pop("method", "lora"), "r": 8},
-        "train": {"max_steps": 30, "lr": 5e-3, "batch_size": 4, "log_steps": 5, "bf16": False, **train},
-        "output": {"dir": str(out)},
-    })
+    return validate_config(
+        {
+            "model": {"name": str(model_dir)},
+            "data": {"path": str(data), "val_size": 4},
+            "method": {"name": train.pop("method", "lora"), "r": 8},
+            "train": {"max_steps": 30, "lr": 5e-3, "batch_size": 4, "log_steps": 5, "bf16": False, **train},
+            "output": {"dir": str(out)},
+        }
+    )
 
 
 def logits(model, tokenizer):
-    ids = tokenizer.apply_chat_template([{"role": "user", "content": "What is 2 plus 3?"}],
-                                        add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    ids = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "What is 2 plus 3?"}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+    )
     model.eval()
     with torch.no_grad():
         return model(**ids).logits
@@ -63,9 +73,20 @@ def test_lora_loss_falls(lora_run):
 
 def test_run_directory_is_complete(lora_run):
     root = lora_run.run_dir
-    for name in ("config.yaml", "lmtune_run.json", "data_stats.json", "rejects.jsonl", "metrics.jsonl",
-                 "loss.png", "summary.md", "summary.json", "adapter_config.json",
-                 "adapter_model.safetensors", "tokenizer_config.json", "chat_template.jinja"):
+    for name in (
+        "config.yaml",
+        "lmtune_run.json",
+        "data_stats.json",
+        "rejects.jsonl",
+        "metrics.jsonl",
+        "loss.png",
+        "summary.md",
+        "summary.json",
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "tokenizer_config.json",
+        "chat_template.jinja",
+    ):
         assert (root / name).is_file(), name
     rejects = [json.loads(x) for x in (root / "rejects.jsonl").read_text().splitlines()]
     assert sorted(r["reason"] for r in rejects) == ["invalid_json", "no_assistant_last"]
@@ -99,8 +120,9 @@ def test_adapter_round_trip_gives_identical_logits(lora_run, tiny_model_dir):
 
 
 def test_full_finetune_saves_a_complete_model(tiny_model_dir, arithmetic_file, tmp_path):
-    result = train(config(tiny_model_dir, arithmetic_file, tmp_path / "full", method="full", lr=1e-3,
-                          max_steps=10))
+    result = train(
+        config(tiny_model_dir, arithmetic_file, tmp_path / "full", method="full", lr=1e-3, max_steps=10)
+    )
     assert (result.run_dir / "model.safetensors").is_file()
     assert not (result.run_dir / "adapter_config.json").exists()
     assert result.summary["parameters"]["trainable"] == result.summary["parameters"]["total"]

@@ -35,7 +35,9 @@ def _load(file: Path, fmt: str, columns: list[str], on_error: str = "skip"):
 @app.command("inspect")
 def inspect(
     file: Path = typer.Argument(..., help="Data file (json, jsonl, csv, tsv, parquet)."),
-    model: str = typer.Option("smollm2-135m-instruct", help="Model whose tokenizer and chat template to use."),
+    model: str = typer.Option(
+        "smollm2-135m-instruct", help="Model whose tokenizer and chat template to use."
+    ),
     fmt: str = typer.Option("auto", "--format", help=FORMAT_HELP),
     column: list[str] = typer.Option([], "--column", help=COLUMNS_HELP),
     template: str | None = typer.Option(None, help="Fallback chat template (chatml, alpaca)."),
@@ -72,7 +74,12 @@ def inspect(
     }
     if as_json:
         report["samples"] = [
-            {"source": src, "input_ids": s.input_ids, "labels": s.labels, "text": tokenizer.decode(s.input_ids)}
+            {
+                "source": src,
+                "input_ids": s.input_ids,
+                "labels": s.labels,
+                "text": tokenizer.decode(s.input_ids),
+            }
             for src, s in list(zip(tokset.sources, tokset.samples))[:records]
         ]
         typer.echo(json.dumps(report, ensure_ascii=False))
@@ -88,24 +95,35 @@ def _print_inspect(report: dict[str, Any], tokset: Any, tokenizer: Any, example:
     con = Console()
     table = Table(show_header=False, title=f"{report['file']}")
     table.add_row("format", report["format"])
-    table.add_row("records", f"{report['records']} read, {report['usable']} usable, {report['rejected']} rejected")
+    table.add_row(
+        "records", f"{report['records']} read, {report['usable']} usable, {report['rejected']} rejected"
+    )
     for reason, n in report["rejected_by_reason"].items():
         table.add_row(f"  rejected: {reason}", str(n))
     pct = report.get("length_percentiles", {})
     if pct:
         table.add_row("tokens per sample", "  ".join(f"{k} {v}" for k, v in pct.items()))
-    table.add_row("tokens", f"{report['tokens']:,} total, {report['trained_tokens']:,} trained, "
-                  f"{report['truncated']} samples truncated")
+    table.add_row(
+        "tokens",
+        f"{report['tokens']:,} total, {report['trained_tokens']:,} trained, "
+        f"{report['truncated']} samples truncated",
+    )
     con.print(table)
     for r in report["rejects"][:5]:
-        con.print(f"[yellow]rejected[/] {r['file']} record {r['record']}"
-                  + (f" line {r['line']}" if r["line"] else "") + f": {r['message']}", highlight=False)
+        con.print(
+            f"[yellow]rejected[/] {r['file']} record {r['record']}"
+            + (f" line {r['line']}" if r["line"] else "")
+            + f": {r['message']}",
+            highlight=False,
+        )
     if not tokset.samples:
         return
     i = min(max(example, 1), len(tokset.samples)) - 1
     sample = tokset.samples[i]
-    con.print(f"\n[bold]Example {i + 1}[/] ({tokset.sources[i]}): "
-              "[bold green on grey15]trained tokens[/] vs [dim]context (label -100)[/]")
+    con.print(
+        f"\n[bold]Example {i + 1}[/] ({tokset.sources[i]}): "
+        "[bold green on grey15]trained tokens[/] vs [dim]context (label -100)[/]"
+    )
     text = Text()
     for tok, label in zip(sample.input_ids, sample.labels):
         piece = tokenizer.decode([tok])

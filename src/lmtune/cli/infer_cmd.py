@@ -27,12 +27,19 @@ def chat(
 
     loaded = load_target(target)
     typer.echo(f"Chatting with {loaded.name}. /reset clears the history, /exit quits.")
-    chat_loop(loaded.model, loaded.tokenizer, options=_options(max_new_tokens, temperature, top_p, seed), system=system)
+    chat_loop(
+        loaded.model,
+        loaded.tokenizer,
+        options=_options(max_new_tokens, temperature, top_p, seed),
+        system=system,
+    )
 
 
 def generate(
     target: str = typer.Argument(..., help=TARGET_HELP),
-    prompt: list[str] = typer.Option(..., "--prompt", "-p", help="User message (repeat for several prompts)."),
+    prompt: list[str] = typer.Option(
+        ..., "--prompt", "-p", help="User message (repeat for several prompts)."
+    ),
     system: str | None = typer.Option(None, help="System prompt."),
     max_new_tokens: int = typer.Option(128, help="Longest reply in tokens."),
     temperature: float = typer.Option(0.0, help="0 = greedy; higher = more random."),
@@ -46,7 +53,9 @@ def generate(
     loaded = load_target(target, quiet=True)
     head = [{"role": "system", "content": system}] if system else []
     convs = [[*head, {"role": "user", "content": p}] for p in prompt]
-    replies = generate_replies(loaded.model, loaded.tokenizer, convs, _options(max_new_tokens, temperature, top_p, seed))
+    replies = generate_replies(
+        loaded.model, loaded.tokenizer, convs, _options(max_new_tokens, temperature, top_p, seed)
+    )
     for p, r in zip(prompt, replies):
         if len(prompt) > 1:
             typer.echo(f"> {p}")

@@ -15,7 +15,6 @@ from pydantic import BaseModel, ValidationError
 from lmtune.config.schema import RunConfig
 from lmtune.errors import ConfigError
 
-
 # Names users bring from transformers / PEFT / LLaMA-Factory / Axolotl, for "did you mean".
 SYNONYMS = {
     "learning_rate": "lr",

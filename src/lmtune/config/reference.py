@@ -30,12 +30,17 @@ def _default(field) -> str:
     return json.dumps(field.default)
 
 
-def config_reference() -> str:
-    """Markdown: one table per section, with key, type, default and description."""
+def config_reference(*, title: bool = True, level: int = 2) -> str:
+    """Markdown: one table per section, with key, type, default and description.
+
+    `title=False, level=4` is the form embedded in the README.
+    """
     out = ["# lmtune config reference", "", "Generated from the schema by `lmtune config schema`.", ""]
+    if not title:
+        out = []
     for section, sfield in RunConfig.model_fields.items():
         model: type[BaseModel] = sfield.annotation  # type: ignore[assignment]
-        out += [f"## {section}", "", "| key | type | default | description |", "|---|---|---|---|"]
+        out += [f"{'#' * level} {section}", "", "| key | type | default | description |", "|---|---|---|---|"]
         for name, f in model.model_fields.items():
             desc = (f.description or "").replace("|", "\\|")
             typ = _type_name(f.annotation).replace("|", "\\|")

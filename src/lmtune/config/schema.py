@@ -96,8 +96,12 @@ class TrainSection(Section):
         "auto", description="bf16 mixed precision; auto turns it on where the CPU/GPU supports it natively."
     )
     log_steps: int = Field(5, ge=1, description="Log loss, learning rate and tokens/s every N steps.")
-    eval_steps: int = Field(0, ge=0, description="Evaluate on the validation split every N steps (0: at the end only).")
-    save_steps: int = Field(0, ge=0, description="Save a checkpoint every N steps (0: no intermediate checkpoints).")
+    eval_steps: int = Field(
+        0, ge=0, description="Evaluate on the validation split every N steps (0: at the end only)."
+    )
+    save_steps: int = Field(
+        0, ge=0, description="Save a checkpoint every N steps (0: no intermediate checkpoints)."
+    )
     save_total_limit: int = Field(2, ge=1, description="Keep at most this many checkpoints.")
     gradient_checkpointing: bool = Field(False, description="Trade compute for activation memory.")
     report_to: Literal["none", "tensorboard", "wandb", "mlflow"] = Field("none")

@@ -30,7 +30,9 @@ def load_checks(path: str | Path) -> list[Check]:
             continue
         try:
             row = json.loads(line)
-            checks.append(Check(str(row["prompt"]), str(row.get("reference", "")), list(row.get("contains", []))))
+            checks.append(
+                Check(str(row["prompt"]), str(row.get("reference", "")), list(row.get("contains", [])))
+            )
         except (json.JSONDecodeError, KeyError, TypeError) as err:
             raise DataError(
                 f"invalid check record ({err.__class__.__name__}: {err})",
@@ -56,7 +58,9 @@ def score(answer: str, check: Check) -> dict[str, bool]:
     }
 
 
-def run_checks(model: Any, tokenizer: Any, checks: list[Check], *, max_new_tokens: int, system: str | None = None):
+def run_checks(
+    model: Any, tokenizer: Any, checks: list[Check], *, max_new_tokens: int, system: str | None = None
+):
     """Greedy answers to every prompt (with the run's chat template), scored."""
     from lmtune.infer.generate import GenerationOptions, generate_replies
 

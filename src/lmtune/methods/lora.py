@@ -6,10 +6,14 @@ adapter_model.safetensors), so `PeftModel.from_pretrained(base, run_dir)` loads 
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
 from lmtune.methods.base import Method, register
+
+# PEFT reads transformers' deprecated `is_gradient_checkpointing`; the warning is theirs, not the user's.
+warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
 
 @register

@@ -1,18 +1,18 @@
 """The run directory: where `lmtune train` writes, and what every later verb reads.
 
-    runs/<name>/
-      config.yaml          resolved config (defaults filled in)
-      lmtune_run.json      marker: base model, method, template, lmtune version
-      data_stats.json      record counts, rejects by reason, token length percentiles
-      rejects.jsonl        every skipped record, with file, record, line, field and reason
-      adapter_config.json  \\ PEFT adapter (LoRA) ...
-      adapter_model.safetensors
-      model.safetensors    ... or full weights + config.json (full fine-tuning)
-      tokenizer.json, tokenizer_config.json, chat_template.jinja   (the template trained with)
-      metrics.jsonl        one line per log step
-      loss.png             training / validation loss curves
-      checkpoints/         checkpoint-N folders (train.save_steps), for --resume
-      summary.md / summary.json
+runs/<name>/
+  config.yaml          resolved config (defaults filled in)
+  lmtune_run.json      marker: base model, method, template, lmtune version
+  data_stats.json      record counts, rejects by reason, token length percentiles
+  rejects.jsonl        every skipped record, with file, record, line, field and reason
+  adapter_config.json  \\ PEFT adapter (LoRA) ...
+  adapter_model.safetensors
+  model.safetensors    ... or full weights + config.json (full fine-tuning)
+  tokenizer.json, tokenizer_config.json, chat_template.jinja   (the template trained with)
+  metrics.jsonl        one line per log step
+  loss.png             training / validation loss curves
+  checkpoints/         checkpoint-N folders (train.save_steps), for --resume
+  summary.md / summary.json
 """
 
 from __future__ import annotations

@@ -21,7 +21,9 @@ class LoadedTarget:
     run: dict[str, Any] | None = None  # the run's marker when the target is a run directory
 
 
-def load_target(target: str, *, dtype: str = "auto", device: str = "cpu", quiet: bool = False) -> LoadedTarget:
+def load_target(
+    target: str, *, dtype: str = "auto", device: str = "cpu", quiet: bool = False
+) -> LoadedTarget:
     from lmtune.methods import get_method
     from lmtune.models.load import load_causal_lm, load_tokenizer
     from lmtune.models.resolve import ModelRef, resolve_model_ref
@@ -30,10 +32,14 @@ def load_target(target: str, *, dtype: str = "auto", device: str = "cpu", quiet:
         run_dir = Path(target)
         info = read_marker(run_dir)
         method = get_method(info["method"])
-        own = ModelRef(spec=str(run_dir), kind="folder", path=str(run_dir), gguf_file=None, display=run_dir.name)
+        own = ModelRef(
+            spec=str(run_dir), kind="folder", path=str(run_dir), gguf_file=None, display=run_dir.name
+        )
         tokenizer = load_tokenizer(own)
         if method.needs_base:
-            base = load_causal_lm(resolve_model_ref(info["base_model"]), dtype=dtype, device=device, quiet=quiet)
+            base = load_causal_lm(
+                resolve_model_ref(info["base_model"]), dtype=dtype, device=device, quiet=quiet
+            )
             model = method.load(base, run_dir)
         else:
             model = load_causal_lm(own, dtype=dtype, device=device, quiet=quiet)

@@ -68,8 +68,12 @@ def write_summary(run: RunDir, s: dict[str, Any], console: Any) -> None:
         for i, row in enumerate(after["rows"]):
             base = before["rows"][i]["answer"] if before else "-"
             lines.append(f"| {_cell(row['prompt'])} | {_cell(base)} | {_cell(row['answer'])} |")
-    lines += ["", "Files: config.yaml, data_stats.json, rejects.jsonl, metrics.jsonl, loss.png, "
-              "the trained weights and the tokenizer (with its chat template).", ""]
+    lines += [
+        "",
+        "Files: config.yaml, data_stats.json, rejects.jsonl, metrics.jsonl, loss.png, "
+        "the trained weights and the tokenizer (with its chat template).",
+        "",
+    ]
     run.summary_md.write_text("\n".join(lines), encoding="utf-8")
     _print(s, console)
 
@@ -98,6 +102,10 @@ def _print(s: dict[str, Any], console: Any) -> None:
     tl, el = s["train_loss"], s["eval_loss"]
     console.print(
         f"[bold green]Done[/] in {s['total_seconds']} s: train loss {_fmt(tl['first'])} -> {_fmt(tl['last'])}"
-        + (f", validation loss {_fmt(el['before'])} -> {_fmt(el['after'])}" if el["after"] is not None else "")
+        + (
+            f", validation loss {_fmt(el['before'])} -> {_fmt(el['after'])}"
+            if el["after"] is not None
+            else ""
+        )
         + f". Run directory: {s['run_dir']}"
     )

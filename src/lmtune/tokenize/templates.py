@@ -16,6 +16,7 @@ the system message as JSON, and an assistant tool call is written into its conte
 
 from __future__ import annotations
 
+import contextlib
 import json
 from typing import Any
 
@@ -118,9 +119,7 @@ def _call_text(call: dict[str, Any]) -> str:
     fn = call.get("function", call)
     args = fn.get("arguments", {})
     if isinstance(args, str):
-        try:
+        with contextlib.suppress(json.JSONDecodeError):
             args = json.loads(args)
-        except json.JSONDecodeError:
-            pass
     body = json.dumps({"name": fn.get("name"), "arguments": args}, ensure_ascii=False)
     return f"<tool_call>{body}</tool_call>"

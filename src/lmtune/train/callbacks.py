@@ -81,7 +81,9 @@ class ProgressCallback(TrainerCallback):
             transient=False,
         )
         self.progress.start()
-        self.task = self.progress.add_task("train", total=state.max_steps, completed=state.global_step, status="")
+        self.task = self.progress.add_task(
+            "train", total=state.max_steps, completed=state.global_step, status=""
+        )
         self._start = time.perf_counter()
         self._start_tokens = state.num_input_tokens_seen
 

@@ -12,7 +12,6 @@ The steps build on each other in this order:
 from __future__ import annotations
 
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,8 +41,6 @@ def train(cfg: RunConfig, *, resume: bool = False, console: Any = None) -> RunRe
 
     console = console or Console()
     started = time.perf_counter()
-    # PEFT still reads transformers' deprecated `is_gradient_checkpointing`; the warning is theirs.
-    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
     # 1. Run directory ------------------------------------------------------------------------
     run = prepare_run_dir(run_name(cfg), overwrite=cfg.output.overwrite, resume=resume)
@@ -67,11 +64,10 @@ def train(cfg: RunConfig, *, resume: bool = False, console: Any = None) -> RunRe
         console.print(f"Validation split: {len(val_recs)} of {len(train_load.records)} records")
 
     # 3. Tokenizer, template, masks -----------------------------------------------------------
+    from lmtune.models.load import load_causal_lm, load_tokenizer
     from lmtune.models.resolve import resolve_model_ref
     from lmtune.tokenize.dataset import tokenize_records
     from lmtune.tokenize.templates import apply_template_choice
-
-    from lmtune.models.load import load_causal_lm, load_tokenizer
 
     ref = resolve_model_ref(cfg.model.name)
     tokenizer = load_tokenizer(ref)
@@ -82,8 +78,11 @@ def train(cfg: RunConfig, *, resume: bool = False, console: Any = None) -> RunRe
     rejects += train_set.rejects + val_set.rejects
     _write_rejects(run, rejects, cfg, console)
     if not train_set.samples:
-        raise DataError("no trainable samples left after validation and masking", file=cfg.data.path,
-                        hint=f"see {run.rejects} for the reason of each skipped record.")
+        raise DataError(
+            "no trainable samples left after validation and masking",
+            file=cfg.data.path,
+            hint=f"see {run.rejects} for the reason of each skipped record.",
+        )
     data_stats = {
         "train_file": cfg.data.path,
         "format": train_load.format,
@@ -114,7 +113,9 @@ def train(cfg: RunConfig, *, resume: bool = False, console: Any = None) -> RunRe
         checks = load_checks(cfg.eval.path)
         if cfg.eval.compare_base and not resume:
             console.print(f"Answering {len(checks)} check prompts with the base model ...")
-            before = run_checks(model, tokenizer, checks, max_new_tokens=cfg.eval.max_new_tokens, system=cfg.data.system)
+            before = run_checks(
+                model, tokenizer, checks, max_new_tokens=cfg.eval.max_new_tokens, system=cfg.data.system
+            )
     method = get_method(cfg.method.name)
     model = method.prepare(model, cfg.method)
     total, trainable = count_parameters(model)
@@ -141,7 +142,8 @@ def train(cfg: RunConfig, *, resume: bool = False, console: Any = None) -> RunRe
         processing_class=tokenizer,
         callbacks=[metrics, ProgressCallback(console)],
     )
-    from transformers.trainer_callback import PrinterCallback, ProgressCallback as HFProgress
+    from transformers.trainer_callback import PrinterCallback
+    from transformers.trainer_callback import ProgressCallback as HFProgress
 
     trainer.remove_callback(HFProgress)
     trainer.remove_callback(PrinterCallback)
@@ -156,18 +158,23 @@ def train(cfg: RunConfig, *, resume: bool = False, console: Any = None) -> RunRe
 
     method.save(model, run.root)
     tokenizer.save_pretrained(run.root)
-    write_json(run.marker, {
-        "lmtune_version": __version__,
-        "task": "sft",
-        "base_model": cfg.model.name,
-        "method": method.name,
-        "mergeable": method.mergeable,
-        "template": template,
-    })
+    write_json(
+        run.marker,
+        {
+            "lmtune_version": __version__,
+            "task": "sft",
+            "base_model": cfg.model.name,
+            "method": method.name,
+            "mergeable": method.mergeable,
+            "template": template,
+        },
+    )
     after = None
     if checks is not None:
         console.print(f"Answering {len(checks)} check prompts with the tuned model ...")
-        after = run_checks(model, tokenizer, checks, max_new_tokens=cfg.eval.max_new_tokens, system=cfg.data.system)
+        after = run_checks(
+            model, tokenizer, checks, max_new_tokens=cfg.eval.max_new_tokens, system=cfg.data.system
+        )
     plot_losses(metrics.history, run.loss_plot)
     train_losses = [h["loss"] for h in metrics.history if "loss" in h]
     summary = {
@@ -175,15 +182,20 @@ def train(cfg: RunConfig, *, resume: bool = False, console: Any = None) -> RunRe
         "model": cfg.model.name,
         "method": method.name,
         "parameters": {"total": total, "trainable": trainable, "trainable_percent": round(pct, 4)},
-        "data": {"train_samples": len(train_set.samples), "val_samples": len(val_set.samples),
-                 "rejected": len(rejects)},
+        "data": {
+            "train_samples": len(train_set.samples),
+            "val_samples": len(val_set.samples),
+            "rejected": len(rejects),
+        },
         "steps": output.global_step,
         "tokens_seen": trainer.state.num_input_tokens_seen,
         "train_seconds": round(train_seconds, 1),
         "total_seconds": round(time.perf_counter() - started, 1),
-        "train_loss": {"first": train_losses[0] if train_losses else None,
-                       "last": train_losses[-1] if train_losses else None,
-                       "mean": output.training_loss},
+        "train_loss": {
+            "first": train_losses[0] if train_losses else None,
+            "last": train_losses[-1] if train_losses else None,
+            "mean": output.training_loss,
+        },
         "eval_loss": {"before": eval_before, "after": eval_after},
         "checks": {"before": before, "after": after},
     }
@@ -195,10 +207,16 @@ def _load(path: str | None, cfg: RunConfig, console: Any):
     from lmtune.data.load import load_conversations, summarize_rejects
 
     result = load_conversations(
-        path, format=cfg.data.format, columns=cfg.data.columns or None, on_error=cfg.data.on_error,
-        system=cfg.data.system, limit=cfg.data.limit,
+        path,
+        format=cfg.data.format,
+        columns=cfg.data.columns or None,
+        on_error=cfg.data.on_error,
+        system=cfg.data.system,
+        limit=cfg.data.limit,
     )
-    console.print(f"Read {path}: {result.format} format, {len(result.records)} of {result.total} records usable")
+    console.print(
+        f"Read {path}: {result.format} format, {len(result.records)} of {result.total} records usable"
+    )
     if result.rejects:
         console.print(f"[yellow]{summarize_rejects(result)}[/]")
     return result
@@ -208,13 +226,19 @@ def _write_rejects(run: RunDir, rejects: list, cfg: RunConfig, console: Any) -> 
     from lmtune.data.load import write_rejects
 
     write_rejects(rejects, run.rejects)
-    masking = [r for r in rejects if r.reason in ("no_trained_tokens", "no_trained_turn", "template_not_prefix_stable")]
+    masking = [
+        r
+        for r in rejects
+        if r.reason in ("no_trained_tokens", "no_trained_turn", "template_not_prefix_stable")
+    ]
     if masking:
         first = masking[0]
         if cfg.data.on_error == "fail":
             raise DataError(first.message, file=first.file, record=first.record, field=first.field)
-        console.print(f"[yellow]{len(masking)} records skipped at tokenisation (e.g. {first.reason}: "
-                      f"{first.message}); see {run.rejects}[/]")
+        console.print(
+            f"[yellow]{len(masking)} records skipped at tokenisation (e.g. {first.reason}: "
+            f"{first.message}); see {run.rejects}[/]"
+        )
 
 
 def _count(rejects: list) -> dict[str, int]:

