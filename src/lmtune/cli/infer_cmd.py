@@ -26,7 +26,7 @@ def chat(
     from lmtune.run.load import load_target
 
     loaded = load_target(target)
-    typer.echo(f"Chatting with {loaded.name}. /reset clears the history, /exit quits.")
+    typer.echo(f"Chatting with {loaded.name}.")
     chat_loop(
         loaded.model,
         loaded.tokenizer,
