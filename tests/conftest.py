@@ -54,7 +54,13 @@ def smollm2_tokenizer(smollm2_tokenizer_dir):
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(smollm2_tokenizer_dir, tmp_path_factory) -> Path:
-    """A 2-layer, 64-wide random Llama with SmolLM2's tokenizer, saved as a model folder."""
+    """A 2-layer, 64-wide random Llama with SmolLM2's tokenizer, saved as a model folder.
+
+    Its output head is untied and drawn with a larger scale: a head tied to tiny random input
+    embeddings makes greedy decoding repeat the prompt's last token ("\\n") forever, so every reply
+    would strip to "" and generation tests would pass vacuously. This one gives long replies that
+    depend on the prompt.
+    """
     import shutil
 
     import torch
@@ -72,11 +78,21 @@ def tiny_model_dir(smollm2_tokenizer_dir, tmp_path_factory) -> Path:
         bos_token_id=1,
         eos_token_id=2,
         pad_token_id=2,
-        tie_word_embeddings=True,
+        tie_word_embeddings=False,
     )
     model = LlamaForCausalLM(cfg)
+    head = torch.randn(model.lm_head.weight.shape, generator=torch.Generator().manual_seed(1)) * 0.5
+    model.lm_head.weight = torch.nn.Parameter(head)
     out = tmp_path_factory.mktemp("tiny_llama")
     model.save_pretrained(out)
     for f in Path(smollm2_tokenizer_dir).iterdir():
         shutil.copy(f, out / f.name)
     return out
+
+
+@pytest.fixture(scope="module")
+def tiny_model_and_tokenizer(tiny_model_dir):
+    """The tiny model loaded (once per test module) with its tokenizer."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    return AutoModelForCausalLM.from_pretrained(tiny_model_dir), AutoTokenizer.from_pretrained(tiny_model_dir)

@@ -11,16 +11,8 @@ OPTIONS = GenerationOptions(max_new_tokens=8)
 
 
 @pytest.fixture(scope="module")
-def model_and_tokenizer(tiny_model_dir):
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    # Untie the output head so replies are non-empty text (see tests/infer/test_generate.py).
-    head = torch.randn(model.lm_head.weight.shape, generator=torch.Generator().manual_seed(1)) * 0.5
-    model.lm_head.weight = torch.nn.Parameter(head)
-    return model, tokenizer
+def model_and_tokenizer(tiny_model_and_tokenizer):
+    return tiny_model_and_tokenizer
 
 
 @pytest.fixture
