@@ -23,10 +23,10 @@ from lmtune.models.resolve import ModelRef, resolve_model_ref
 
 
 def expected_tiny_params() -> int:
-    """Counted from the conftest config by hand: tied embeddings once, 2 layers, final norm."""
+    """Counted from the conftest config by hand: embeddings and the untied head, 2 layers, final norm."""
     vocab, hidden, inter, kv = 49152, 64, 128, 2 * 16  # 2 kv heads x head_dim 16
     layer = hidden * hidden * 2 + hidden * kv * 2 + hidden * inter * 3 + hidden * 2
-    return vocab * hidden + 2 * layer + hidden
+    return 2 * vocab * hidden + 2 * layer + hidden
 
 
 @pytest.fixture(scope="module")

@@ -138,6 +138,8 @@ def test_resume_continues_from_latest_checkpoint(tiny_model_dir, arithmetic_file
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["checkpoint-10", "checkpoint-5"]
     second = train(config(tiny_model_dir, arithmetic_file, out, max_steps=20, save_steps=5), resume=True)
     assert second.summary["steps"] == 20
+    # save_total_limit (default 2) keeps only the newest checkpoints
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["checkpoint-15", "checkpoint-20"]
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     steps = [r["step"] for r in rows if "loss" in r]
     assert steps[0] == 1 and steps[-1] == 20 and 15 in steps  # appended after the first run's rows
