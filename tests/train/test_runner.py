@@ -120,9 +120,12 @@ def test_adapter_round_trip_gives_identical_logits(lora_run, tiny_model_dir):
 
 
 def test_full_finetune_saves_a_complete_model(tiny_model_dir, arithmetic_file, tmp_path):
+    out = tmp_path / "full"
     result = train(
-        config(tiny_model_dir, arithmetic_file, tmp_path / "full", method="full", lr=1e-3, max_steps=10)
+        config(tiny_model_dir, arithmetic_file, out, method="full", lr=1e-3, max_steps=10, log_steps=4)
     )
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss" in r] == [1, 4, 8, 10]  # final step logged though 10 % 4 != 0
     assert (result.run_dir / "model.safetensors").is_file()
     assert not (result.run_dir / "adapter_config.json").exists()
     assert result.summary["parameters"]["trainable"] == result.summary["parameters"]["total"]

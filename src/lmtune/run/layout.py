@@ -86,6 +86,15 @@ def write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
+# What `lmtune train` writes before any training starts: a directory holding only these is an
+# earlier attempt that stopped on a mistake, and may be reused without --set output.overwrite.
+EARLY_FILES = {"config.yaml", "data_stats.json", "rejects.jsonl"}
+
+
+def _failed_attempt(root: Path) -> bool:
+    return {p.name for p in root.iterdir()} <= EARLY_FILES
+
+
 def prepare_run_dir(root: str | Path, *, overwrite: bool, resume: bool) -> RunDir:
     """Create the run directory, refusing to mix a new run into an old one by accident."""
     run = RunDir(Path(root))
@@ -96,7 +105,7 @@ def prepare_run_dir(root: str | Path, *, overwrite: bool, resume: bool) -> RunDi
                 "first run saves checkpoints, or start without --resume."
             )
     elif run.root.exists() and any(run.root.iterdir()):
-        if not overwrite:
+        if not overwrite and not _failed_attempt(run.root):
             raise ConfigError(
                 f"Run directory {run.root} already exists and is not empty. Choose another "
                 "output.name, add --set output.overwrite=true, or --resume to continue it."

@@ -115,7 +115,7 @@ def tokenize_conversation(
     if not turns:
         raise MaskingError("no_trained_turn", "no assistant message is marked for training (weight 0?)")
     full, spans = trained_char_spans(tokenizer, messages, tools, turns)
-    enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
+    enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True, verbose=False)  # we truncate
     ids: list[int] = list(enc["input_ids"])
     if train_on == "all_tokens":
         labels = list(ids)

@@ -28,6 +28,10 @@ class MetricsCallback(TrainerCallback):
         self._last_time = time.perf_counter()
         self._last_tokens = state.num_input_tokens_seen
 
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == state.max_steps:
+            control.should_log = True  # the final loss is always logged, whatever log_steps is
+
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not logs:
             return
