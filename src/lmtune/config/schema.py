@@ -25,7 +25,8 @@ class ModelSection(Section):
     )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto",
-        description="Dtype the weights are loaded in. auto: float32 (mixed precision is set by train.bf16).",
+        description="Dtype the weights are loaded in for training. auto: float32 master weights "
+        "(bf16 mixed precision is set by train.bf16).",
     )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when available, else cpu.")
 

@@ -19,7 +19,7 @@ from lmtune.errors import ConfigError, ModelError
 
 @dataclass
 class GenerationOptions:
-    """How to decode a reply; the field names match the `generation` block of the config."""
+    """How to decode a reply; the field names match the CLI options of chat and generate."""
 
     max_new_tokens: int = 128
     temperature: float = 0.0  # 0 = greedy

@@ -104,7 +104,10 @@ def train(cfg: RunConfig, *, resume: bool = False, console: Any = None) -> RunRe
     from lmtune.models.load import count_parameters
 
     device = _device(cfg.model.device)
-    model = load_causal_lm(ref, dtype=cfg.model.dtype, device=device)
+    # Training keeps float32 master weights unless told otherwise: pure bf16 weights would round
+    # small updates away; bf16 speed comes from mixed precision (train.bf16).
+    dtype = "float32" if cfg.model.dtype == "auto" else cfg.model.dtype
+    model = load_causal_lm(ref, dtype=dtype, device=device)
     checks = None
     before = None
     if cfg.eval.path:
