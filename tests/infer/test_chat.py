@@ -10,15 +10,10 @@ from lmtune.infer.generate import GenerationOptions, generate_replies
 OPTIONS = GenerationOptions(max_new_tokens=8)
 
 
-@pytest.fixture(scope="module")
-def model_and_tokenizer(tiny_model_and_tokenizer):
-    return tiny_model_and_tokenizer
-
-
 @pytest.fixture
-def rendered(model_and_tokenizer, monkeypatch):
+def rendered(tiny_model_and_tokenizer, monkeypatch):
     """Every conversation the chat renders for the model, recorded at the chat-template step."""
-    _, tok = model_and_tokenizer
+    _, tok = tiny_model_and_tokenizer
     seen: list[list[dict]] = []
     real = tok.apply_chat_template
 
@@ -51,8 +46,8 @@ class Printed:
         self.text += " ".join(str(a) for a in args) + end
 
 
-def run(model_and_tokenizer, *lines, **kwargs):
-    model, tok = model_and_tokenizer
+def run(tiny_model_and_tokenizer, *lines, **kwargs):
+    model, tok = tiny_model_and_tokenizer
     input_fn, queue = script(*lines)
     out = Printed()
     chat_loop(model, tok, options=OPTIONS, input_fn=input_fn, print_fn=out, **kwargs)
@@ -63,9 +58,9 @@ def user(text):
     return {"role": "user", "content": text}
 
 
-def test_history_is_kept_between_turns(model_and_tokenizer, rendered):
-    model, tok = model_and_tokenizer
-    out, queue = run(model_and_tokenizer, "hello", "hi", "/exit")
+def test_history_is_kept_between_turns(tiny_model_and_tokenizer, rendered):
+    model, tok = tiny_model_and_tokenizer
+    out, queue = run(tiny_model_and_tokenizer, "hello", "hi", "/exit")
     assert not queue
     first_reply = generate_replies(model, tok, [[user("hello")]], OPTIONS)[0]
     assert first_reply and first_reply in out.text
@@ -73,41 +68,41 @@ def test_history_is_kept_between_turns(model_and_tokenizer, rendered):
     assert rendered[1] == [user("hello"), {"role": "assistant", "content": first_reply}, user("hi")]
 
 
-def test_reset_clears_history(model_and_tokenizer, rendered):
-    out, queue = run(model_and_tokenizer, "hello", "/reset", "hi", "/exit")
+def test_reset_clears_history(tiny_model_and_tokenizer, rendered):
+    out, queue = run(tiny_model_and_tokenizer, "hello", "/reset", "hi", "/exit")
     assert not queue
     assert rendered == [[user("hello")], [user("hi")]]
     assert "cleared" in out.text
 
 
-def test_system_command_sets_the_system_prompt(model_and_tokenizer, rendered):
-    _, tok = model_and_tokenizer
-    run(model_and_tokenizer, "/system You are terse.", "hello", "/system", "hi", EOFError())
+def test_system_command_sets_the_system_prompt(tiny_model_and_tokenizer, rendered):
+    _, tok = tiny_model_and_tokenizer
+    run(tiny_model_and_tokenizer, "/system You are terse.", "hello", "/system", "hi", EOFError())
     assert rendered[0] == [{"role": "system", "content": "You are terse."}, user("hello")]
     assert rendered[1][0]["role"] == "user"  # "/system" alone removes it; history is kept
     assert len(rendered[1]) == 3
 
 
-def test_system_argument_is_used_from_the_start(model_and_tokenizer, rendered):
-    run(model_and_tokenizer, "hello", "/quit", system="Be kind.")
+def test_system_argument_is_used_from_the_start(tiny_model_and_tokenizer, rendered):
+    run(tiny_model_and_tokenizer, "hello", "/quit", system="Be kind.")
     assert rendered == [[{"role": "system", "content": "Be kind."}, user("hello")]]
 
 
 @pytest.mark.parametrize("ending", [EOFError(), KeyboardInterrupt()])
-def test_eof_and_ctrl_c_at_the_prompt_end_cleanly(model_and_tokenizer, rendered, ending):
-    out, queue = run(model_and_tokenizer, "", "hello", ending, "never read")
+def test_eof_and_ctrl_c_at_the_prompt_end_cleanly(tiny_model_and_tokenizer, rendered, ending):
+    out, queue = run(tiny_model_and_tokenizer, "", "hello", ending, "never read")
     assert queue == ["never read"]
     assert len(rendered) == 1  # the blank line was skipped, not sent
 
 
-def test_unknown_command_shows_help_without_calling_the_model(model_and_tokenizer, rendered):
-    out, _ = run(model_and_tokenizer, "/what", "/exit")
+def test_unknown_command_shows_help_without_calling_the_model(tiny_model_and_tokenizer, rendered):
+    out, _ = run(tiny_model_and_tokenizer, "/what", "/exit")
     assert rendered == []
     assert out.text.count("/reset") == 2  # the greeting and the reply to /what
 
 
-def test_ctrl_c_during_a_reply_drops_that_turn(model_and_tokenizer, rendered):
-    model, tok = model_and_tokenizer
+def test_ctrl_c_during_a_reply_drops_that_turn(tiny_model_and_tokenizer, rendered):
+    model, tok = tiny_model_and_tokenizer
     input_fn, _ = script("hello", "hi", "/exit")
     interrupted = []
 

@@ -32,15 +32,10 @@ CONVERSATIONS = [
 GREEDY = GenerationOptions(max_new_tokens=16)
 
 
-@pytest.fixture(scope="module")
-def model_and_tokenizer(tiny_model_and_tokenizer):
-    return tiny_model_and_tokenizer
-
-
 @pytest.fixture
-def record_generate(model_and_tokenizer, monkeypatch):
+def record_generate(tiny_model_and_tokenizer, monkeypatch):
     """Wrap `model.generate` to record its input ids and output ids."""
-    model, _ = model_and_tokenizer
+    model, _ = tiny_model_and_tokenizer
     calls: list[dict] = []
     real = model.generate
 
@@ -53,8 +48,8 @@ def record_generate(model_and_tokenizer, monkeypatch):
     return calls
 
 
-def test_batched_greedy_equals_one_at_a_time(model_and_tokenizer):
-    model, tok = model_and_tokenizer
+def test_batched_greedy_equals_one_at_a_time(tiny_model_and_tokenizer):
+    model, tok = tiny_model_and_tokenizer
     side = tok.padding_side
     batched = generate_replies(model, tok, CONVERSATIONS, GREEDY, batch_size=3)  # a padded batch of 3, then 1
     alone = [generate_replies(model, tok, [c], GREEDY)[0] for c in CONVERSATIONS]
@@ -63,8 +58,8 @@ def test_batched_greedy_equals_one_at_a_time(model_and_tokenizer):
     assert tok.padding_side == side  # restored
 
 
-def test_missing_pad_token_is_handled_and_restored(model_and_tokenizer):
-    model, tok = model_and_tokenizer
+def test_missing_pad_token_is_handled_and_restored(tiny_model_and_tokenizer):
+    model, tok = tiny_model_and_tokenizer
     expected = generate_replies(model, tok, CONVERSATIONS[:2], GREEDY)
     saved = tok.pad_token
     tok.pad_token = None
@@ -75,8 +70,8 @@ def test_missing_pad_token_is_handled_and_restored(model_and_tokenizer):
         tok.pad_token = saved
 
 
-def test_greedy_is_deterministic_and_restores_training_mode(model_and_tokenizer):
-    model, tok = model_and_tokenizer
+def test_greedy_is_deterministic_and_restores_training_mode(tiny_model_and_tokenizer):
+    model, tok = tiny_model_and_tokenizer
     model.train()
     try:
         first = generate_replies(model, tok, CONVERSATIONS, GREEDY)
@@ -86,8 +81,8 @@ def test_greedy_is_deterministic_and_restores_training_mode(model_and_tokenizer)
         model.eval()
 
 
-def test_seeded_sampling_reproducible_and_prompt_uses_the_template(model_and_tokenizer, record_generate):
-    model, tok = model_and_tokenizer
+def test_seeded_sampling_reproducible_and_prompt_uses_the_template(tiny_model_and_tokenizer, record_generate):
+    model, tok = tiny_model_and_tokenizer
     conv = [CONVERSATIONS[0]]
     sample = GenerationOptions(max_new_tokens=16, temperature=1.0, top_k=0, top_p=1.0, seed=7)
     a = generate_replies(model, tok, conv, sample)
@@ -110,8 +105,8 @@ def test_seeded_sampling_reproducible_and_prompt_uses_the_template(model_and_tok
     assert ids[0] == im_start and ids[1] != im_start  # no BOS added on top of the template's own
 
 
-def test_stop_strings_cut_the_reply(model_and_tokenizer):
-    model, tok = model_and_tokenizer
+def test_stop_strings_cut_the_reply(tiny_model_and_tokenizer):
+    model, tok = tiny_model_and_tokenizer
     conv = [CONVERSATIONS[1]]
     full = generate_replies(model, tok, conv, GREEDY)[0]
     words = full.split()
@@ -132,9 +127,9 @@ def test_stop_strings_cut_the_reply(model_and_tokenizer):
     assert "".join(stream_reply(model, tok, conv[0], spaced)) == generate_replies(model, tok, conv, spaced)[0]
 
 
-def test_no_bos_is_added_on_top_of_the_template(model_and_tokenizer, record_generate, monkeypatch):
+def test_no_bos_is_added_on_top_of_the_template(tiny_model_and_tokenizer, record_generate, monkeypatch):
     """With a tokenizer that adds BOS by default, the prompt still starts with exactly one."""
-    model, tok = model_and_tokenizer
+    model, tok = tiny_model_and_tokenizer
     monkeypatch.setattr(tok, "add_bos_token", True)
     assert tok("hi").input_ids[0] == tok.bos_token_id  # the setting is live
     generate_replies(model, tok, [CONVERSATIONS[0]], GREEDY)
@@ -142,8 +137,8 @@ def test_no_bos_is_added_on_top_of_the_template(model_and_tokenizer, record_gene
     assert ids[0] == tok.bos_token_id and ids[1] != tok.bos_token_id
 
 
-def test_stream_releases_text_held_back_for_a_stop_string_that_never_completes(model_and_tokenizer):
-    model, tok = model_and_tokenizer
+def test_stream_releases_text_held_back_for_a_stop_string_that_never_completes(tiny_model_and_tokenizer):
+    model, tok = tiny_model_and_tokenizer
     conv = CONVERSATIONS[0]
     full = generate_replies(model, tok, [conv], GREEDY)[0]
     opts = GenerationOptions(max_new_tokens=16, stop=[full.split()[-1] + "\u2603never"])
@@ -151,8 +146,8 @@ def test_stream_releases_text_held_back_for_a_stop_string_that_never_completes(m
     assert "".join(stream_reply(model, tok, conv, opts)) == full
 
 
-def test_max_new_tokens_is_respected(model_and_tokenizer, record_generate):
-    model, tok = model_and_tokenizer
+def test_max_new_tokens_is_respected(tiny_model_and_tokenizer, record_generate):
+    model, tok = tiny_model_and_tokenizer
     for n in (1, 5, 12):
         (reply,) = generate_replies(model, tok, [CONVERSATIONS[0]], GenerationOptions(max_new_tokens=n))
         call = record_generate[-1]
@@ -161,9 +156,9 @@ def test_max_new_tokens_is_respected(model_and_tokenizer, record_generate):
         assert reply
 
 
-def test_every_eos_id_stops_generation(model_and_tokenizer, record_generate, monkeypatch):
+def test_every_eos_id_stops_generation(tiny_model_and_tokenizer, record_generate, monkeypatch):
     """A model whose generation_config names an extra end id (e.g. <|endoftext|>) must stop on it too."""
-    model, tok = model_and_tokenizer
+    model, tok = tiny_model_and_tokenizer
     generate_replies(model, tok, [CONVERSATIONS[0]], GREEDY)
     call = record_generate[-1]
     new_ids = call["output"][0, call["input_ids"].shape[1] :].tolist()
@@ -175,18 +170,18 @@ def test_every_eos_id_stops_generation(model_and_tokenizer, record_generate, mon
     assert reply == tok.decode(new_ids[:k], skip_special_tokens=True).strip()
 
 
-def test_stream_reply_joins_to_the_greedy_reply(model_and_tokenizer):
-    model, tok = model_and_tokenizer
+def test_stream_reply_joins_to_the_greedy_reply(tiny_model_and_tokenizer):
+    model, tok = tiny_model_and_tokenizer
     for conv in CONVERSATIONS[:3]:
         pieces = list(stream_reply(model, tok, conv, GREEDY))
         assert len(pieces) > 1
         assert "".join(pieces) == generate_replies(model, tok, [conv], GREEDY)[0]
 
 
-def test_closing_a_stream_early_ends_its_thread(model_and_tokenizer):
+def test_closing_a_stream_early_ends_its_thread(tiny_model_and_tokenizer):
     import threading
 
-    model, tok = model_and_tokenizer
+    model, tok = tiny_model_and_tokenizer
     before = threading.active_count()
     stream = stream_reply(model, tok, CONVERSATIONS[1], GenerationOptions(max_new_tokens=200))
     assert next(stream)

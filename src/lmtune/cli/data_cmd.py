@@ -49,6 +49,7 @@ def inspect(
 ) -> None:
     """Detected format, counts, rejects by reason, token lengths, and one example with its trained
     tokens highlighted: exactly what the trainer will see."""
+    from lmtune.data.records import count_reasons
     from lmtune.models.load import load_tokenizer
     from lmtune.models.resolve import resolve_model_ref
     from lmtune.tokenize.dataset import tokenize_records
@@ -59,16 +60,13 @@ def inspect(
     apply_template_choice(tokenizer, template)
     tokset = tokenize_records(result.records, tokenizer, max_length=max_length, train_on=train_on)
     rejects = result.rejects + tokset.rejects
-    counts: dict[str, int] = {}
-    for r in rejects:
-        counts[r.reason] = counts.get(r.reason, 0) + 1
     report: dict[str, Any] = {
         "file": str(file),
         "format": result.format,
         "records": result.total,
         "usable": len(tokset.samples),
         "rejected": len(rejects),
-        "rejected_by_reason": counts,
+        "rejected_by_reason": count_reasons(rejects),
         "rejects": [{k: v for k, v in r.to_dict().items() if k != "raw"} for r in rejects[:20]],
         **{k: v for k, v in tokset.stats().items() if k not in ("samples", "rejected")},
     }

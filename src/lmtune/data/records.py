@@ -96,7 +96,12 @@ class LoadResult:
     total: int = 0  # records seen in the file (accepted + rejected)
 
     def reject_counts(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for r in self.rejects:
-            counts[r.reason] = counts.get(r.reason, 0) + 1
-        return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
+        return count_reasons(self.rejects)
+
+
+def count_reasons(rejects: list[Reject]) -> dict[str, int]:
+    """Rejects per reason, most frequent first."""
+    counts: dict[str, int] = {}
+    for r in rejects:
+        counts[r.reason] = counts.get(r.reason, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: -kv[1]))

@@ -19,6 +19,7 @@ from typing import Any
 from lmtune import __version__
 from lmtune.config.loader import dump_config
 from lmtune.config.schema import RunConfig
+from lmtune.data.records import count_reasons
 from lmtune.errors import DataError
 from lmtune.run.layout import RunDir, prepare_run_dir, write_json
 
@@ -64,7 +65,7 @@ def train(cfg: RunConfig, *, resume: bool = False, console: Any = None) -> RunRe
         console.print(f"Validation split: {len(val_recs)} of {len(train_load.records)} records")
 
     # 3. Tokenizer, template, masks -----------------------------------------------------------
-    from lmtune.models.load import load_causal_lm, load_tokenizer
+    from lmtune.models.load import count_parameters, load_causal_lm, load_tokenizer, resolve_device
     from lmtune.models.resolve import resolve_model_ref
     from lmtune.tokenize.dataset import tokenize_records
     from lmtune.tokenize.templates import apply_template_choice
@@ -87,7 +88,7 @@ def train(cfg: RunConfig, *, resume: bool = False, console: Any = None) -> RunRe
         "train_file": cfg.data.path,
         "format": train_load.format,
         "records_read": train_load.total,
-        "rejected_by_reason": _count(rejects),
+        "rejected_by_reason": count_reasons(rejects),
         "train": train_set.stats(),
         "validation": val_set.stats(),
         "template": template,
@@ -101,9 +102,8 @@ def train(cfg: RunConfig, *, resume: bool = False, console: Any = None) -> RunRe
 
     # 4. Model, before-checks, method ---------------------------------------------------------
     from lmtune.methods import get_method
-    from lmtune.models.load import count_parameters
 
-    device = _device(cfg.model.device)
+    device = resolve_device(cfg.model.device)
     # Training keeps float32 master weights unless told otherwise: pure bf16 weights would round
     # small updates away; bf16 speed comes from mixed precision (train.bf16).
     dtype = "float32" if cfg.model.dtype == "auto" else cfg.model.dtype
@@ -132,8 +132,6 @@ def train(cfg: RunConfig, *, resume: bool = False, console: Any = None) -> RunRe
     from lmtune.train.args import training_arguments
     from lmtune.train.callbacks import MetricsCallback, ProgressCallback
 
-    if not resume and run.metrics.exists():
-        run.metrics.unlink()
     metrics = MetricsCallback(run.metrics, console)
     has_val = bool(val_set.samples)
     trainer = Trainer(
@@ -242,18 +240,3 @@ def _write_rejects(run: RunDir, rejects: list, cfg: RunConfig, console: Any) -> 
             f"[yellow]{len(masking)} records skipped at tokenisation (e.g. {first.reason}: "
             f"{first.message}); see {run.rejects}[/]"
         )
-
-
-def _count(rejects: list) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for r in rejects:
-        counts[r.reason] = counts.get(r.reason, 0) + 1
-    return counts
-
-
-def _device(choice: str) -> str:
-    if choice != "auto":
-        return choice
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
