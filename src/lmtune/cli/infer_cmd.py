@@ -47,12 +47,11 @@ def generate(
     seed: int | None = typer.Option(None, help="Seed for sampling."),
 ) -> None:
     """Answer one or more prompts and print the replies (greedy by default)."""
-    from lmtune.infer.generate import generate_replies
+    from lmtune.infer.generate import generate_replies, with_system
     from lmtune.run.load import load_target
 
     loaded = load_target(target, quiet=True)
-    head = [{"role": "system", "content": system}] if system else []
-    convs = [[*head, {"role": "user", "content": p}] for p in prompt]
+    convs = [with_system([{"role": "user", "content": p}], system) for p in prompt]
     replies = generate_replies(
         loaded.model, loaded.tokenizer, convs, _options(max_new_tokens, temperature, top_p, seed)
     )

@@ -62,12 +62,9 @@ def run_checks(
     model: Any, tokenizer: Any, checks: list[Check], *, max_new_tokens: int, system: str | None = None
 ):
     """Greedy answers to every prompt (with the run's chat template), scored."""
-    from lmtune.infer.generate import GenerationOptions, generate_replies
+    from lmtune.infer.generate import GenerationOptions, generate_replies, with_system
 
-    convs = []
-    for c in checks:
-        msgs = [{"role": "system", "content": system}] if system else []
-        convs.append([*msgs, {"role": "user", "content": c.prompt}])
+    convs = [with_system([{"role": "user", "content": c.prompt}], system) for c in checks]
     answers = generate_replies(model, tokenizer, convs, GenerationOptions(max_new_tokens=max_new_tokens))
     rows = [{"prompt": c.prompt, "answer": a, **score(a, c)} for c, a in zip(checks, answers)]
     return {"rows": rows, **aggregate(rows)}

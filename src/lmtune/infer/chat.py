@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from lmtune.infer.generate import GenerationOptions, stream_reply
+from lmtune.infer.generate import GenerationOptions, stream_reply, with_system
 
 HELP = (
     "Commands: /reset clears the conversation, /system TEXT sets the system prompt "
@@ -59,7 +59,7 @@ def chat_loop(
             continue
 
         history.append({"role": "user", "content": text})
-        conversation = ([{"role": "system", "content": system}] if system else []) + history
+        conversation = with_system(history, system)
         pieces: list[str] = []
         stream = stream_reply(model, tokenizer, conversation, options)
         try:

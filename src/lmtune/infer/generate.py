@@ -43,6 +43,11 @@ class GenerationOptions:
             raise ConfigError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
 
 
+def with_system(messages: list[dict], system: str | None) -> list[dict]:
+    """`messages` preceded by a system message when `system` is given (else unchanged)."""
+    return ([{"role": "system", "content": system}] if system else []) + list(messages)
+
+
 def render_prompt(tokenizer: Any, conversation: Sequence[dict]) -> str:
     """The exact prompt text the model sees: the tokenizer's chat template plus the assistant header."""
     if not conversation:
@@ -66,14 +71,10 @@ def cut_at_stop(text: str, stop: Sequence[str]) -> str:
 
 def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
     """Union of the tokenizer's eos and the generation config's eos ids (e.g. <|im_end|> and <|endoftext|>)."""
-    ids: list[int] = []
-    candidates: list[Any] = [tokenizer.eos_token_id]
+    from lmtune.models.tokens import unique_ids
+
     gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    candidates.extend(gen_eos if isinstance(gen_eos, (list, tuple)) else [gen_eos])
-    for i in candidates:
-        if i is not None and int(i) not in ids:
-            ids.append(int(i))
-    return ids
+    return unique_ids(tokenizer.eos_token_id, gen_eos)
 
 
 def _generate_kwargs(model: Any, tokenizer: Any, options: GenerationOptions) -> dict[str, Any]:

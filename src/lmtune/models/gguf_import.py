@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from lmtune.errors import ModelError
+from lmtune.models.tokens import unique_ids
 
 GGUF_MAGIC = b"GGUF"
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -159,20 +160,10 @@ def end_of_turn_id(tokenizer: Any) -> int | None:
     return None
 
 
-def _eos_ids(*values: Any) -> list[int]:
-    """Flatten ints / lists / None into a de-duplicated list, keeping order."""
-    out: list[int] = []
-    for value in values:
-        for item in value if isinstance(value, (list, tuple)) else [value]:
-            if item is not None and int(item) not in out:
-                out.append(int(item))
-    return out
-
-
 def set_generation_tokens(model: Any, tokenizer: Any) -> None:
     """bos/eos/pad on the generation config, with the end-of-turn token among eos so chat stops."""
     gen = model.generation_config
-    eos = _eos_ids(
+    eos = unique_ids(
         gen.eos_token_id, model.config.eos_token_id, tokenizer.eos_token_id, end_of_turn_id(tokenizer)
     )
     gen.eos_token_id = eos[0] if len(eos) == 1 else (eos or None)
