@@ -96,3 +96,35 @@ def tiny_model_and_tokenizer(tiny_model_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     return AutoModelForCausalLM.from_pretrained(tiny_model_dir), AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2_dir(smollm2_tokenizer_dir, tmp_path_factory) -> Path:
+    """A 2-layer random Qwen2: unlike Llama it has biases (on q/k/v), which BitFit needs."""
+    import shutil
+
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    cfg = Qwen2Config(
+        vocab_size=49152,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=2,
+        tie_word_embeddings=False,
+    )
+    model = Qwen2ForCausalLM(cfg)
+    with torch.no_grad():
+        model.lm_head.weight.normal_(0, 0.5, generator=torch.Generator().manual_seed(1))
+    out = tmp_path_factory.mktemp("tiny_qwen2")
+    model.save_pretrained(out)
+    for f in Path(smollm2_tokenizer_dir).iterdir():
+        shutil.copy(f, out / f.name)
+    return out

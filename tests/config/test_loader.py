@@ -83,4 +83,40 @@ def test_reference_covers_every_field():
         assert f"## {section}" in ref
         for name in sfield.annotation.model_fields:
             assert f"`{section}.{name}`" in ref
-    assert '| `method.name` | lora, full | `"lora"` |' in ref
+    assert (
+        "| `method.name` | lora, qlora, full, freeze, prefix, prompt, ptuning, adapter, bitfit, ia3, ln_tuning |"
+        in ref
+    )
+    assert "| `method.bits` | 4, 8 | `4` | *(qlora)* Bits" in ref
+
+
+@pytest.mark.parametrize(
+    ("method", "expected"),
+    [
+        ({"name": "full", "bits": 8}, "method.bits applies to qlora, not to method.name=full"),
+        ({"name": "full", "bits": 8}, "full fine-tuning cannot train quantized weights"),
+        ({"name": "prefix", "use_dora": True}, "method.use_dora applies to lora, qlora"),
+        ({"name": "lora", "trainable_layers": 4}, "method.trainable_layers applies to freeze"),
+        ({"name": "prompt", "prompt_init": "text"}, "needs method.prompt_init_text"),
+        ({"name": "lora", "freeze_trainable_layers": 2}, "Did you mean 'method.trainable_layers'?"),
+    ],
+)
+def test_options_of_another_method_are_refused(tmp_path, method, expected):
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, {"data": {"path": "x"}, "method": method}))
+    assert expected in str(err.value)
+
+
+def test_an_option_at_its_default_is_accepted_under_any_method(tmp_path):
+    # A dumped config lists defaults; they must never count as "set for another method".
+    cfg = load_config(write(tmp_path, {"data": {"path": "x"}, "method": {"name": "full", "r": 16}}))
+    assert cfg.method.name == "full"
+
+
+def test_dump_keeps_only_the_chosen_methods_options(tmp_path):
+    cfg = load_config(
+        write(tmp_path, {"data": {"path": "x"}, "method": {"name": "freeze", "trainable_layers": 3}})
+    )
+    dumped = yaml.safe_load(dump_config(cfg))["method"]
+    assert dumped == {"name": "freeze", "trainable_layers": 3, "extra_modules": []}
+    assert RunConfig.model_validate({**yaml.safe_load(dump_config(cfg))}) == cfg

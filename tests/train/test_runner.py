@@ -38,7 +38,7 @@ def config(model_dir, data, out, **train):
         {
             "model": {"name": str(model_dir)},
             "data": {"path": str(data), "val_size": 4},
-            "method": {"name": train.pop("method", "lora"), "r": 8},
+            "method": {"name": "full"} if train.pop("method", "lora") == "full" else {"name": "lora", "r": 8},
             "train": {"max_steps": 30, "lr": 5e-3, "batch_size": 4, "log_steps": 5, "bf16": False, **train},
             "output": {"dir": str(out)},
         }

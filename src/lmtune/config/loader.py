@@ -40,6 +40,16 @@ SYNONYMS = {
     "sequence_len": "max_length",
     "max_seq_length": "max_length",
     "output_dir": "dir",
+    "freeze_trainable_layers": "trainable_layers",
+    "freeze_extra_modules": "extra_modules",
+    "loraplus_lr_ratio": "lora_plus_ratio",
+    "init_lora_weights": "init",
+    "additional_target": "modules_to_save",
+    "quantization_bit": "bits",
+    "bnb_4bit_quant_type": "quant_type",
+    "bnb_4bit_use_double_quant": "double_quant",
+    "bnb_4bit_compute_dtype": "compute_dtype",
+    "optimizer": "optim",
 }
 
 
@@ -142,4 +152,6 @@ def resolve_paths(cfg: RunConfig, base: Path) -> RunConfig:
 
 def dump_config(cfg: RunConfig) -> str:
     """The resolved config (defaults filled in) as YAML, in section order."""
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+    data = cfg.model_dump(mode="json")
+    data["method"] = cfg.method.options()  # only the options the chosen method reads
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)

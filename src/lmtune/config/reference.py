@@ -43,6 +43,9 @@ def config_reference(*, title: bool = True, level: int = 2) -> str:
         out += [f"{'#' * level} {section}", "", "| key | type | default | description |", "|---|---|---|---|"]
         for name, f in model.model_fields.items():
             desc = (f.description or "").replace("|", "\\|")
+            methods = (f.json_schema_extra or {}).get("methods")  # type: ignore[union-attr]
+            if methods:
+                desc = f"*({', '.join(methods)})* {desc}"
             typ = _type_name(f.annotation).replace("|", "\\|")
             out.append(f"| `{section}.{name}` | {typ} | `{_default(f)}` | {desc} |")
         out.append("")

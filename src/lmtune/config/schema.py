@@ -70,16 +70,143 @@ class DataSection(Section):
     seed: int = Field(42, description="Seed for the validation split.")
 
 
+METHODS = (
+    "lora",
+    "qlora",
+    "full",
+    "freeze",
+    "prefix",
+    "prompt",
+    "ptuning",
+    "adapter",
+    "bitfit",
+    "ia3",
+    "ln_tuning",
+)
+LORA_FAMILY = ("lora", "qlora")
+
+
+def _opt(default, methods: tuple[str, ...], description: str, **kw):
+    """A method option that only `methods` read; the config refuses it (set to a non-default
+    value) under any other method, so no option is ever silently ignored."""
+    return Field(default, description=description, json_schema_extra={"methods": list(methods)}, **kw)
+
+
 class MethodSection(Section):
-    name: Literal["lora", "full"] = Field("lora", description="Fine-tuning method.")
-    r: int = Field(16, ge=1, description="LoRA rank.")
-    alpha: float = Field(32, gt=0, description="LoRA alpha (scaling = alpha / r).")
-    dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout.")
-    target_modules: list[str] | Literal["all-linear"] = Field(
-        "all-linear",
-        description="Modules that get LoRA: all-linear (every linear layer except the output head) "
-        "or a list of module names such as [q_proj, v_proj].",
+    name: Literal[METHODS] = Field(  # type: ignore[valid-type]
+        "lora",
+        description="Fine-tuning method: lora, qlora (LoRA on a 4/8-bit base), full, freeze (last "
+        "layers), prefix, prompt, ptuning, adapter (bottleneck), bitfit (biases), ia3, ln_tuning.",
     )
+    # LoRA family -----------------------------------------------------------------------------
+    r: int = _opt(16, LORA_FAMILY, "LoRA rank.", ge=1)
+    alpha: float = _opt(
+        32, LORA_FAMILY, "LoRA alpha (scaling = alpha / r, or alpha / sqrt(r) with rsLoRA).", gt=0
+    )
+    dropout: float = _opt(0.05, LORA_FAMILY, "LoRA dropout.", ge=0, lt=1)
+    target_modules: list[str] | Literal["all-linear"] | None = _opt(
+        None,
+        (*LORA_FAMILY, "ia3", "ln_tuning"),
+        "Modules the method adapts. null: the method's default (LoRA: all-linear, every linear layer "
+        "but the output head; ia3 and ln_tuning: PEFT's per-architecture defaults). Or a list of "
+        "module names such as [q_proj, v_proj].",
+    )
+    use_rslora: bool = _opt(False, LORA_FAMILY, "Rank-stabilised LoRA: scale by alpha / sqrt(r).")
+    use_dora: bool = _opt(
+        False, LORA_FAMILY, "DoRA: learn a magnitude per output feature besides the LoRA direction."
+    )
+    lora_plus_ratio: float | None = _opt(
+        None, LORA_FAMILY, "LoRA+: the B matrices learn at lr * this ratio (the paper suggests 16).", gt=0
+    )
+    init: Literal["default", "gaussian", "pissa", "olora"] = _opt(
+        "default",
+        LORA_FAMILY,
+        "LoRA initialisation. default: Kaiming A, zero B; gaussian: Gaussian A; pissa / olora: start "
+        "from the principal singular vectors / a QR factorisation of the weight (saved as a plain "
+        "LoRA that loads on the original base).",
+    )
+    modules_to_save: list[str] = _opt(
+        [],
+        (*LORA_FAMILY, "ia3"),
+        "Modules trained in full and saved beside the adapter, e.g. [lm_head, embed_tokens].",
+    )
+    # QLoRA -------------------------------------------------------------------------------------
+    bits: Literal[4, 8] = _opt(4, ("qlora",), "Bits of the quantized base (bitsandbytes).")
+    quant_type: Literal["nf4", "fp4"] = _opt("nf4", ("qlora",), "4-bit data type.")
+    double_quant: bool = _opt(True, ("qlora",), "Quantize the 4-bit quantization constants too.")
+    compute_dtype: Literal["auto", "bfloat16", "float16", "float32"] = _opt(
+        "auto",
+        ("qlora",),
+        "Dtype 4-bit layers compute in. auto: bfloat16 where train.bf16 is on, else float32.",
+    )
+    # Freeze -----------------------------------------------------------------------------------
+    trainable_layers: int = _opt(2, ("freeze",), "Train the last N decoder layers.", ge=1)
+    extra_modules: list[str] = _opt(
+        [],
+        ("freeze",),
+        "Other modules to train too, by name or dotted-path suffix: lm_head, embed_tokens, norm ...",
+    )
+    # Prompt learning ---------------------------------------------------------------------------
+    num_virtual_tokens: int = _opt(
+        20, ("prefix", "prompt", "ptuning"), "Number of virtual tokens learned.", ge=1
+    )
+    prefix_projection: bool = _opt(
+        False, ("prefix",), "Prefix tuning: reparameterise the prefix through a 2-layer MLP."
+    )
+    encoder_hidden_size: int | None = _opt(
+        None,
+        ("prefix", "ptuning"),
+        "Hidden size of the prefix projection / P-tuning prompt encoder; null: the model's hidden size.",
+        ge=1,
+    )
+    prompt_init: Literal["random", "text"] = _opt(
+        "random", ("prompt",), "Prompt tuning: start the virtual tokens random or from prompt_init_text."
+    )
+    prompt_init_text: str | None = _opt(
+        None, ("prompt",), "Text whose token embeddings initialise the prompt (prompt_init: text)."
+    )
+    encoder: Literal["mlp", "lstm"] = _opt("mlp", ("ptuning",), "P-tuning prompt encoder.")
+    # Bottleneck adapters -----------------------------------------------------------------------
+    adapter_type: Literal["houlsby", "pfeiffer"] = _opt(
+        "pfeiffer",
+        ("adapter",),
+        "houlsby: an adapter after attention and one after the MLP of every layer; pfeiffer: after the MLP only.",
+    )
+    reduction_factor: int = _opt(16, ("adapter",), "Bottleneck size = hidden size / this.", ge=1)
+    bottleneck_size: int | None = _opt(
+        None, ("adapter",), "Bottleneck size; overrides reduction_factor.", ge=1
+    )
+    non_linearity: Literal["relu", "gelu", "silu", "tanh"] = _opt("relu", ("adapter",), "Adapter activation.")
+
+    @model_validator(mode="after")
+    def _only_options_of_this_method(self) -> MethodSection:
+        for key, field in type(self).model_fields.items():
+            methods = (field.json_schema_extra or {}).get("methods")  # type: ignore[union-attr]
+            if (
+                methods
+                and self.name not in methods
+                and getattr(self, key) != field.get_default(call_default_factory=True)
+            ):
+                raise ValueError(
+                    f"method.{key} applies to {', '.join(methods)}, not to method.name={self.name}. "
+                    f"Remove it, or choose one of those methods"
+                    + (" (full fine-tuning cannot train quantized weights)" if key in QUANT_KEYS else "")
+                )
+        if self.name == "prompt" and self.prompt_init == "text" and not self.prompt_init_text:
+            raise ValueError("method.prompt_init: text needs method.prompt_init_text, the text to start from")
+        return self
+
+    def options(self) -> dict:
+        """The options this method reads (what config.yaml and the run marker record)."""
+        return {
+            k: v
+            for k, v in self.model_dump(mode="json").items()
+            if k == "name"
+            or self.name in (type(self).model_fields[k].json_schema_extra or {}).get("methods", ())  # type: ignore[union-attr]
+        }
+
+
+QUANT_KEYS = {"bits", "quant_type", "double_quant", "compute_dtype"}
 
 
 class TrainSection(Section):
@@ -89,6 +216,10 @@ class TrainSection(Section):
     grad_accum: int = Field(1, ge=1, description="Gradient accumulation steps per optimizer step.")
     lr: float = Field(2e-4, gt=0, description="Peak learning rate.")
     weight_decay: float = Field(0.0, ge=0)
+    optim: Literal["adamw", "adamw_8bit"] = Field(
+        "adamw",
+        description="Optimizer. adamw_8bit keeps its state in 8 bits (bitsandbytes), a quarter of the memory.",
+    )
     scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = Field("cosine")
     warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Fraction of steps spent warming up.")
     max_grad_norm: float = Field(1.0, ge=0, description="Gradient clipping norm (0 disables).")
@@ -137,4 +268,10 @@ class RunConfig(Section):
     def _check(self) -> RunConfig:
         if self.data.path is None:
             raise ValueError("data.path is required: the training data file")
+        if self.method.name == "prefix" and self.train.gradient_checkpointing:
+            raise ValueError(
+                "train.gradient_checkpointing does not work with method.name=prefix: prefix tuning feeds "
+                "its vectors through the key/value cache, which checkpointed layers do not use. Set "
+                "train.gradient_checkpointing: false, or use prompt, ptuning or lora"
+            )
         return self

@@ -35,8 +35,13 @@ def load_tokenizer(ref: ModelRef) -> Any:
     return tokenizer
 
 
-def load_causal_lm(ref: ModelRef, *, dtype: str = "auto", device: str = "cpu", quiet: bool = False) -> Any:
-    """The causal LM for `ref` in the chosen dtype on `device`; prints one line unless `quiet`."""
+def load_causal_lm(
+    ref: ModelRef, *, dtype: str = "auto", device: str = "cpu", quiet: bool = False, **extra: Any
+) -> Any:
+    """The causal LM for `ref` in the chosen dtype on `device`; prints one line unless `quiet`.
+
+    `extra` goes to `from_pretrained` (a method's `load_kwargs`, e.g. a bitsandbytes config).
+    """
     from transformers import AutoConfig, AutoModelForCausalLM
 
     if dtype not in DTYPES:
@@ -44,6 +49,11 @@ def load_causal_lm(ref: ModelRef, *, dtype: str = "auto", device: str = "cpu", q
     device = resolve_device(device)
     device_map = None if device == "cpu" else device
     with hf_progress_bars_off():
+        if ref.gguf_file and extra:
+            raise ModelError(
+                f"{ref.display} is a .gguf file, which cannot be re-quantized on load. Import it into a "
+                "model folder first (lmtune models import-gguf FILE OUT) and train on the folder."
+            )
         if ref.gguf_file:
             chosen = pick_dtype(dtype, device, config_dtype=None)
             model = load_dense_from_gguf(Path(ref.path) / ref.gguf_file, dtype=chosen, device_map=device_map)
@@ -52,7 +62,7 @@ def load_causal_lm(ref: ModelRef, *, dtype: str = "auto", device: str = "cpu", q
                 config = AutoConfig.from_pretrained(ref.path)
                 chosen = pick_dtype(dtype, device, config_dtype=getattr(config, "dtype", None))
                 model = AutoModelForCausalLM.from_pretrained(
-                    ref.path, config=config, dtype=_torch_dtype(chosen), device_map=device_map
+                    ref.path, config=config, dtype=_torch_dtype(chosen), device_map=device_map, **extra
                 )
             except (OSError, ValueError) as err:
                 raise _load_error(ref, err, what="model") from err
@@ -123,9 +133,12 @@ def count_parameters(model: Any) -> tuple[int, int]:
     """(total, trainable); tied weights count once, as `model.parameters()` yields them once."""
     total = trainable = 0
     for param in model.parameters():
-        total += param.numel()
+        n = param.numel()
+        if type(param).__name__ == "Params4bit":  # two 4-bit values packed per storage byte
+            n *= 2 * getattr(getattr(param, "quant_storage", None), "itemsize", 1)
+        total += n
         if param.requires_grad:
-            trainable += param.numel()
+            trainable += n
     return total, trainable
 
 

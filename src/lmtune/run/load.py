@@ -24,7 +24,7 @@ class LoadedTarget:
 def load_target(
     target: str, *, dtype: str = "auto", device: str = "cpu", quiet: bool = False
 ) -> LoadedTarget:
-    from lmtune.methods import get_method
+    from lmtune.methods.base import get_method, method_options
     from lmtune.models.load import load_causal_lm, load_tokenizer
     from lmtune.models.resolve import ModelRef, resolve_model_ref
 
@@ -37,8 +37,13 @@ def load_target(
         )
         tokenizer = load_tokenizer(own)
         if method.needs_base:
+            opts = method_options(info["method"], info.get("method_options"))
             base = load_causal_lm(
-                resolve_model_ref(info["base_model"]), dtype=dtype, device=device, quiet=quiet
+                resolve_model_ref(info["base_model"]),
+                dtype=dtype,
+                device=device,
+                quiet=quiet,
+                **method.load_kwargs(opts, bf16=info.get("bf16", False)),
             )
             model = method.load(base, run_dir)
         else:

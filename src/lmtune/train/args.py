@@ -64,6 +64,7 @@ def training_arguments(cfg: RunConfig, run: RunDir, *, device: str, has_val: boo
         gradient_accumulation_steps=t.grad_accum,
         learning_rate=t.lr,
         weight_decay=t.weight_decay,
+        optim="adamw_bnb_8bit" if t.optim == "adamw_8bit" else "adamw_torch",
         lr_scheduler_type=t.scheduler,
         warmup_steps=t.warmup_ratio,  # transformers 5: a float < 1 is a ratio of total steps
         max_grad_norm=t.max_grad_norm,  # 0 disables clipping

@@ -20,7 +20,7 @@ from lmtune import __version__
 from lmtune.config.loader import dump_config
 from lmtune.config.schema import RunConfig
 from lmtune.data.records import count_reasons
-from lmtune.errors import DataError
+from lmtune.errors import ConfigError, DataError
 from lmtune.run.layout import RunDir, prepare_run_dir, write_json
 
 
@@ -44,6 +44,15 @@ def train(cfg: RunConfig, *, resume: bool = False, console: Any = None) -> RunRe
     started = time.perf_counter()
 
     # 1. Run directory ------------------------------------------------------------------------
+    if resume and (
+        cfg.method.name == "ptuning" or (cfg.method.name == "prefix" and cfg.method.prefix_projection)
+    ):
+        raise ConfigError(
+            f"--resume is not possible for method {cfg.method.name} with a prompt encoder: PEFT's "
+            "checkpoints keep only the encoder's output, not its weights, so training would restart it. "
+            "The run directory and its checkpoints still load for chat and generate; "
+            "to train further, start a new run."
+        )
     run = prepare_run_dir(run_name(cfg), overwrite=cfg.output.overwrite, resume=resume)
     run.config.write_text(dump_config(cfg), encoding="utf-8")
     console.print(f"[bold]Run directory:[/] {run.root}")
@@ -101,13 +110,17 @@ def train(cfg: RunConfig, *, resume: bool = False, console: Any = None) -> RunRe
     )
 
     # 4. Model, before-checks, method ---------------------------------------------------------
-    from lmtune.methods import get_method
+    from lmtune.methods.base import get_method
+    from lmtune.train.args import use_bf16
 
+    method = get_method(cfg.method.name)
     device = resolve_device(cfg.model.device)
+    bf16 = use_bf16(cfg.train.bf16, device)
     # Training keeps float32 master weights unless told otherwise: pure bf16 weights would round
     # small updates away; bf16 speed comes from mixed precision (train.bf16).
     dtype = "float32" if cfg.model.dtype == "auto" else cfg.model.dtype
-    model = load_causal_lm(ref, dtype=dtype, device=device)
+    model = load_causal_lm(ref, dtype=dtype, device=device, **method.load_kwargs(cfg.method, bf16=bf16))
+    method.check(model, cfg.method)
     checks = None
     before = None
     if cfg.eval.path:
@@ -119,7 +132,9 @@ def train(cfg: RunConfig, *, resume: bool = False, console: Any = None) -> RunRe
             before = run_checks(
                 model, tokenizer, checks, max_new_tokens=cfg.eval.max_new_tokens, system=cfg.data.system
             )
-    method = get_method(cfg.method.name)
+    from transformers import set_seed
+
+    set_seed(cfg.train.seed)  # the method's fresh weights (LoRA A, prompts, adapters) are reproducible
     model = method.prepare(model, cfg.method)
     total, trainable = count_parameters(model)
     pct = 100 * trainable / total
@@ -131,6 +146,7 @@ def train(cfg: RunConfig, *, resume: bool = False, console: Any = None) -> RunRe
     from lmtune.tokenize.dataset import PadCollator, SampleDataset
     from lmtune.train.args import training_arguments
     from lmtune.train.callbacks import MetricsCallback, ProgressCallback
+    from lmtune.train.optim import build_optimizer
 
     metrics = MetricsCallback(run.metrics, console)
     has_val = bool(val_set.samples)
@@ -142,6 +158,7 @@ def train(cfg: RunConfig, *, resume: bool = False, console: Any = None) -> RunRe
         data_collator=PadCollator(tokenizer.pad_token_id),
         processing_class=tokenizer,
         callbacks=[metrics, ProgressCallback(console)],
+        optimizers=(build_optimizer(model, cfg), None),
     )
     from transformers.trainer_callback import PrinterCallback
     from transformers.trainer_callback import ProgressCallback as HFProgress
@@ -166,7 +183,9 @@ def train(cfg: RunConfig, *, resume: bool = False, console: Any = None) -> RunRe
             "task": "sft",
             "base_model": cfg.model.name,
             "method": method.name,
+            "method_options": cfg.method.options(),
             "mergeable": method.mergeable,
+            "bf16": bf16,
             "template": template,
         },
     )
