@@ -216,6 +216,11 @@ def table(rows: list[dict[str, Any]], task: str) -> list[str]:
 
 def report(rows: list[dict[str, Any]], args: argparse.Namespace, info: str, path: Path) -> None:
     """docs/methods.md (and the raw rows beside it as .json); rewritten after every run."""
+    from lmtune.config.schema import METHODS
+
+    rows = sorted(rows, key=lambda r: (list(TASKS).index(r["task"]), METHODS.index(r["method"])))
+    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    methods = list(dict.fromkeys(r["method"] for r in rows))
     lines = [
         "# Fine-tuning methods compared on SmolLM2-135M-Instruct",
         "",
@@ -224,7 +229,7 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace, info: str, path
         "## Budget (identical for every method)",
         "",
         f"- model `{MODEL}`; first {args.examples} records of each task file, of which "
-        + ", ".join(f"{t}: {val_count(t, args.examples)}" for t in args.tasks)
+        + ", ".join(f"{t}: {val_count(t, args.examples)}" for t in tasks)
         + " held out for validation loss",
         f"- {args.epochs:g} epochs, batch size {COMMON['batch_size']}, max_length {COMMON['max_length']}, "
         f"seed {COMMON['seed']}, {COMMON['scheduler']} schedule with warmup {COMMON['warmup_ratio']}, "
@@ -233,14 +238,14 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace, info: str, path
         + "; ".join(
             f"{m} lr {SETTINGS.get(m, {'lr': DEFAULT_LR})['lr']:g}"
             + "".join(f", {k}={v}" for k, v in SETTINGS.get(m, {}).items() if k != "lr")
-            for m in args.methods
+            for m in methods
         ),
         "",
         "Peak RSS is the whole training process (Python, model, data, optimizer); tokens/s counts "
         "non-padding tokens over the training loop only; final train loss is the last logged value "
         "(mean over the last 5 steps at most).",
     ]
-    for task in args.tasks:
+    for task in tasks:
         task_rows = [r for r in rows if r["task"] == task]
         if not task_rows:
             continue
@@ -280,6 +285,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--epochs", type=float, default=3.0)
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "methods.md")
     ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    ap.add_argument(
+        "--update",
+        action="store_true",
+        help="keep the rows of an earlier run with the same budget (from OUT's .json) and replace "
+        "only the (method, task) pairs run now",
+    )
     ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one spec (json) in this process
     args = ap.parse_args(argv)
     if args.one:
@@ -288,6 +299,15 @@ def main(argv: list[str] | None = None) -> None:
     print(f"Machine: {info}", flush=True)
     (RUNS / "logs").mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
+    budget = {"examples": args.examples, "epochs": args.epochs}
+    earlier = args.out.with_suffix(".json")
+    if args.update and earlier.is_file():
+        rerun = {(m, t) for m in args.methods for t in args.tasks}
+        rows = [
+            r
+            for r in json.loads(earlier.read_text(encoding="utf-8"))
+            if (r["method"], r["task"]) not in rerun and all(r.get(k) == v for k, v in budget.items())
+        ]
     total, n, need_base = len(args.methods) * len(args.tasks), 0, True
     started = time.perf_counter()
     for task in args.tasks:
@@ -305,7 +325,12 @@ def main(argv: list[str] | None = None) -> None:
                 "compare_base": task == "identity" and need_base,
             }
             print(f"[{n}/{total}] {method} on {task} ...", end=" ", flush=True)
-            row = {"method": method, "task": task, "lr": SETTINGS.get(method, {"lr": DEFAULT_LR})["lr"]}
+            row = {
+                "method": method,
+                "task": task,
+                "lr": SETTINGS.get(method, {"lr": DEFAULT_LR})["lr"],
+                **budget,
+            }
             row |= spawn(spec, RUNS / "logs" / f"{name}.log")
             need_base = need_base and row.get("exact_match_before") is None
             rows.append(row)

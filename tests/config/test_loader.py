@@ -120,3 +120,11 @@ def test_dump_keeps_only_the_chosen_methods_options(tmp_path):
     dumped = yaml.safe_load(dump_config(cfg))["method"]
     assert dumped == {"name": "freeze", "trainable_layers": 3, "extra_modules": []}
     assert RunConfig.model_validate({**yaml.safe_load(dump_config(cfg))}) == cfg
+
+
+def test_prefix_tuning_refuses_gradient_checkpointing(tmp_path):
+    raw = {"data": {"path": "x"}, "method": {"name": "prefix"}, "train": {"gradient_checkpointing": True}}
+    with pytest.raises(ConfigError, match="gradient_checkpointing does not work with method.name=prefix"):
+        load_config(write(tmp_path, raw))
+    raw["method"]["name"] = "prompt"
+    assert load_config(write(tmp_path, raw)).train.gradient_checkpointing

@@ -118,26 +118,34 @@ def test_qlora_on_a_gguf_file_says_to_import_it_first():
         load_causal_lm(ref, **kwargs)
 
 
-def test_qlora_gradients_survive_an_evaluation_pass(tiny_model_dir):
-    """An eval-mode forward (the runner evaluates before training) must not change what trains."""
-    _, _, model = prepared(tiny_model_dir, name="qlora", dropout=0.0)
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if "lora_B" in n:
-                p.normal_(0, 0.1, generator=torch.Generator().manual_seed(0))
+def test_qlora_gradients_survive_evaluation_passes(tiny_model_dir):
+    """Eval-mode forwards (the runner's base-model checks before `prepare`, its evaluation before
+    training) must not change the gradients: compared with a model that never ran in eval mode."""
     ids = torch.tensor([[1, 7, 42, 99, 5, 6]])
 
-    def grads():
-        model.zero_grad()
+    def model_and_grads(evaluate: bool):
+        method = get_method("qlora")
+        opts = MethodSection(name="qlora", r=4, dropout=0.0)
+        ref = resolve_model_ref(str(tiny_model_dir))
+        base = load_causal_lm(ref, dtype="float32", quiet=True, **method.load_kwargs(opts, bf16=False))
+        method.check(base, opts)
+        if evaluate:
+            with torch.no_grad():
+                base.eval()(input_ids=ids)
+        torch.manual_seed(0)
+        model = method.prepare(base, opts)
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if "lora_B" in n:
+                    p.normal_(0, 0.1, generator=torch.Generator().manual_seed(0))
+        if evaluate:
+            with torch.no_grad():
+                model.eval()(input_ids=ids)
         model.train()
         model(input_ids=ids, labels=ids).loss.backward()
-        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        return {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
 
-    before = grads()
-    model.eval()
-    with torch.no_grad():
-        model(input_ids=ids)
-    after = grads()
-    assert before.keys() == after.keys() and len(before) == 2 * 7 * 2
-    for n in before:
-        assert torch.equal(before[n], after[n]), n
+    clean, evaluated = model_and_grads(False), model_and_grads(True)
+    assert clean.keys() == evaluated.keys() and len(clean) == 2 * 7 * 2
+    for n in clean:
+        assert torch.equal(clean[n], evaluated[n]), n

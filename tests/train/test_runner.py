@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from lmtune.config.loader import validate_config
+from lmtune.errors import ConfigError
 from lmtune.run.load import load_target
 from lmtune.train.runner import train
 
@@ -153,3 +154,20 @@ def test_existing_run_directory_is_not_overwritten(lora_run, tiny_model_dir, ari
 
     with pytest.raises(ConfigError, match="already exists"):
         train(config(tiny_model_dir, arithmetic_file, lora_run.run_dir))
+
+
+@pytest.mark.parametrize("method", [{"name": "ptuning"}, {"name": "prefix", "prefix_projection": True}])
+def test_resume_is_refused_where_checkpoints_lack_the_prompt_encoder(
+    tiny_model_dir, arithmetic_file, tmp_path, method
+):
+    cfg = validate_config(
+        {
+            "model": {"name": str(tiny_model_dir)},
+            "data": {"path": str(arithmetic_file)},
+            "method": method,
+            "output": {"dir": str(tmp_path / "run")},
+        }
+    )
+    with pytest.raises(ConfigError, match="--resume is not possible for method"):
+        train(cfg, resume=True)
+    assert not (tmp_path / "run").exists()  # refused before anything is written

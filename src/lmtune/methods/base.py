@@ -29,7 +29,11 @@ class Method(ABC):
         return {}
 
     def check(self, model: Any, opts: Any) -> None:  # noqa: B027  (most methods accept any model)
-        """Raise ConfigError when this method cannot train `model` as configured."""
+        """Raise ConfigError when this method cannot train `model` as configured.
+
+        Runs right after the base is loaded, before anything else runs it, so a method may also
+        set the loaded base up here.
+        """
 
     @abstractmethod
     def prepare(self, model: Any, opts: Any) -> Any:

@@ -102,6 +102,9 @@ class QLoRA(LoRA):
             )
         }
 
+    def check(self, model: Any, opts: Any) -> None:
+        _no_cpu_repacking(model)  # before anything (the base-model checks) runs it in eval mode
+
     def prepare(self, model: Any, opts: Any) -> Any:
         from peft import prepare_model_for_kbit_training
 
