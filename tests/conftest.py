@@ -52,6 +52,22 @@ def smollm2_tokenizer(smollm2_tokenizer_dir):
     return AutoTokenizer.from_pretrained(smollm2_tokenizer_dir)
 
 
+# The tiny test models' shape: SmolLM2's vocabulary (so they share its tokenizer), 2 layers, 64 wide.
+TINY = dict(
+    vocab_size=49152,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=2048,
+    bos_token_id=1,
+    eos_token_id=2,
+    pad_token_id=2,
+    tie_word_embeddings=False,
+)
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(smollm2_tokenizer_dir, tmp_path_factory) -> Path:
     """A 2-layer, 64-wide random Llama with SmolLM2's tokenizer, saved as a model folder.
@@ -61,33 +77,12 @@ def tiny_model_dir(smollm2_tokenizer_dir, tmp_path_factory) -> Path:
     would strip to "" and generation tests would pass vacuously. This one gives long replies that
     depend on the prompt.
     """
-    import shutil
-
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=49152,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=2048,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=2,
-        tie_word_embeddings=False,
-    )
-    model = LlamaForCausalLM(cfg)
-    head = torch.randn(model.lm_head.weight.shape, generator=torch.Generator().manual_seed(1)) * 0.5
-    model.lm_head.weight = torch.nn.Parameter(head)
-    out = tmp_path_factory.mktemp("tiny_llama")
-    model.save_pretrained(out)
-    for f in Path(smollm2_tokenizer_dir).iterdir():
-        shutil.copy(f, out / f.name)
-    return out
+    cfg = LlamaConfig(**TINY)
+    return save_tiny(LlamaForCausalLM(cfg), smollm2_tokenizer_dir, tmp_path_factory.mktemp("tiny_llama"))
 
 
 @pytest.fixture(scope="module")
@@ -101,30 +96,54 @@ def tiny_model_and_tokenizer(tiny_model_dir):
 @pytest.fixture(scope="session")
 def tiny_qwen2_dir(smollm2_tokenizer_dir, tmp_path_factory) -> Path:
     """A 2-layer random Qwen2: unlike Llama it has biases (on q/k/v), which BitFit needs."""
-    import shutil
-
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(0)
-    cfg = Qwen2Config(
-        vocab_size=49152,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=2048,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=2,
-        tie_word_embeddings=False,
-    )
-    model = Qwen2ForCausalLM(cfg)
-    with torch.no_grad():
-        model.lm_head.weight.normal_(0, 0.5, generator=torch.Generator().manual_seed(1))
-    out = tmp_path_factory.mktemp("tiny_qwen2")
+    cfg = Qwen2Config(**TINY)
+    return save_tiny(Qwen2ForCausalLM(cfg), smollm2_tokenizer_dir, tmp_path_factory.mktemp("tiny_qwen2"))
+
+
+def save_tiny(model, tokenizer_dir: Path, out: Path) -> Path:
+    """Give a tiny model the larger untied head (see tiny_model_dir) and save it with SmolLM2's tokenizer."""
+    import shutil
+
+    import torch
+
+    head = torch.randn(model.lm_head.weight.shape, generator=torch.Generator().manual_seed(1)) * 0.5
+    model.lm_head.weight = torch.nn.Parameter(head)
     model.save_pretrained(out)
-    for f in Path(smollm2_tokenizer_dir).iterdir():
+    for f in Path(tokenizer_dir).iterdir():
         shutil.copy(f, out / f.name)
     return out
+
+
+@pytest.fixture(scope="session")
+def sums_file(tmp_path_factory) -> Path:
+    """16 one-turn conversations ("What is 3 plus 5?" -> "3 plus 5 is 8.") for short training runs."""
+    import json
+
+    path = tmp_path_factory.mktemp("sums") / "train.jsonl"
+    with path.open("w") as f:
+        for a in range(1, 9):
+            for b in (2, 5):
+                row = [{"role": "user", "content": f"What is {a} plus {b}?"}]
+                row.append({"role": "assistant", "content": f"{a} plus {b} is {a + b}."})
+                f.write(json.dumps({"messages": row}) + "\n")
+    return path
+
+
+def train_steps(model, batch: dict, steps: int = 8, lr: float = 1e-2) -> list[float]:
+    """A plain AdamW loop over one fixed batch: the losses, step by step."""
+    import torch
+
+    model.train()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    losses = []
+    for _ in range(steps):
+        loss = model(**batch).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+    return losses

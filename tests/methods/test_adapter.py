@@ -10,6 +10,7 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
+from tests.conftest import train_steps
 
 from lmtune.errors import ConfigError, LmtuneError, ModelError
 from lmtune.methods.adapter import CONFIG, WEIGHTS, Bottleneck, adapter_state
@@ -102,24 +103,10 @@ def test_only_adapters_train(base):
     assert all(p.dtype == torch.float32 for p in adapter_state(model).values())
 
 
-def _train(model, batch, steps: int = 5) -> list[float]:
-    model.train()
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    losses = []
-    for _ in range(steps):
-        loss = model(**batch).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-        losses.append(loss.item())
-    model.eval()
-    return losses
-
-
 def test_training_lowers_loss_and_leaves_base_alone(base, batch):
     frozen = {n: p.detach().clone() for n, p in base.named_parameters()}
     model = get_method("adapter").prepare(base, opts(adapter_type="houlsby"))
-    losses = _train(model, batch)
+    losses = train_steps(model, batch, steps=5)
     assert losses[-1] < losses[0] - 0.1, losses
     state = dict(model.named_parameters())
     assert set(state) - set(frozen) == set(adapter_state(model))

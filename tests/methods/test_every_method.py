@@ -92,18 +92,6 @@ CONVERTED = {"lora-pissa", "lora-olora"}
 PROMPT = "What is 2 plus 3?"
 
 
-@pytest.fixture(scope="module")
-def data_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "train.jsonl"
-    with path.open("w") as f:
-        for a in range(1, 9):
-            for b in (2, 5):
-                row = [{"role": "user", "content": f"What is {a} plus {b}?"}]
-                row.append({"role": "assistant", "content": f"{a} plus {b} is {a + b}."})
-                f.write(json.dumps({"messages": row}) + "\n")
-    return path
-
-
 class Trained:
     def __init__(self, result, before: dict[str, torch.Tensor], tokenizer) -> None:
         self.run_dir, self.summary, self.model = result.run_dir, result.summary, result.model
@@ -112,7 +100,7 @@ class Trained:
 
 
 @pytest.fixture(scope="module")
-def trained(request, data_file, tmp_path_factory):
+def trained(request, sums_file, tmp_path_factory):
     """Trains each case once, on first use; keeps the parameters as they were right after `prepare`."""
     cache: dict[str, Trained] = {}
 
@@ -124,7 +112,7 @@ def trained(request, data_file, tmp_path_factory):
         cfg = validate_config(
             {
                 "model": {"name": str(model_dir)},
-                "data": {"path": str(data_file), "val_path": str(data_file), "max_length": 64},
+                "data": {"path": str(sums_file), "val_path": str(sums_file), "max_length": 64},
                 "method": method,
                 "train": {
                     "max_steps": 6,

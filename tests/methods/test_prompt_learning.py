@@ -5,10 +5,10 @@ one-at-a-time, and a full `lmtune train` run reloads through `load_target`."""
 from __future__ import annotations
 
 import json
-import random
 
 import pytest
 import torch
+from tests.conftest import train_steps
 
 from lmtune.infer.generate import GenerationOptions, generate_replies
 from lmtune.methods.base import get_method, method_options
@@ -49,19 +49,6 @@ def fixed_batch(tokenizer):
     enc = tokenizer(["What is 2 plus 3? 5.", "hello there, friend"], return_tensors="pt", padding=True)
     labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
     return {**enc, "labels": labels}
-
-
-def train_steps(model, batch, steps: int = 8, lr: float = 1e-2) -> list[float]:
-    model.train()
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
-    losses = []
-    for _ in range(steps):
-        loss = model(**batch).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-        losses.append(loss.item())
-    return losses
 
 
 def logits(model, tokenizer):
@@ -188,23 +175,6 @@ def test_batched_greedy_generation_equals_one_at_a_time(case, tiny_model_dir, sm
 
 
 # Through the trainer --------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def sums_file(tmp_path_factory):
-    rnd = random.Random(0)
-    path = tmp_path_factory.mktemp("data") / "train.jsonl"
-    with path.open("w") as f:
-        for _ in range(12):
-            a, b = rnd.randint(1, 9), rnd.randint(1, 9)
-            row = {
-                "messages": [
-                    {"role": "user", "content": f"What is {a} plus {b}?"},
-                    {"role": "assistant", "content": f"{a} plus {b} is {a + b}."},
-                ]
-            }
-            f.write(json.dumps(row) + "\n")
-    return path
 
 
 @pytest.mark.parametrize("case", ["prefix", "prompt_text", "ptuning_lstm"])

@@ -8,6 +8,7 @@ layout and can be merged into the base.
 from __future__ import annotations
 
 import warnings
+from abc import abstractmethod
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +25,9 @@ class _PeftMethod(Method):
     mergeable = True
     needs_base = True
 
+    @abstractmethod
     def peft_config(self, model: Any, opts: Any) -> Any:
-        raise NotImplementedError
+        """The PEFT config for `model` and the method options."""
 
     def prepare(self, model: Any, opts: Any) -> Any:
         from peft import get_peft_model
