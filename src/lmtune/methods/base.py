@@ -8,6 +8,7 @@ directory). `lmtune chat` and the other verbs call `load_kwargs` and `load` to r
 
 from __future__ import annotations
 
+import warnings
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, ClassVar
@@ -45,6 +46,35 @@ class Method(ABC):
     @abstractmethod
     def load(self, base: Any, run_dir: Path) -> Any:
         """Put what was trained back on `base` (methods that save full weights return it as is)."""
+
+
+# PEFT reads transformers' deprecated `is_gradient_checkpointing`; the warning is theirs, not the user's.
+warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+
+
+class PeftMethod(Method):
+    """A method PEFT implements: build its config, wrap the model, save and load PEFT's layout
+    (adapter_config.json + adapter_model.safetensors), so `PeftModel.from_pretrained` loads it anywhere."""
+
+    needs_base = True
+
+    @abstractmethod
+    def peft_config(self, model: Any, opts: Any) -> Any:
+        """The PEFT config for `model` and the method options."""
+
+    def fix(self, model: Any) -> Any:
+        """Repair what PEFT gets wrong for this method, on the prepared and on the loaded model."""
+        return model
+
+    def prepare(self, model: Any, opts: Any) -> Any:
+        from peft import get_peft_model
+
+        return self.fix(get_peft_model(model, self.peft_config(model, opts)))
+
+    def load(self, base: Any, run_dir: Path) -> Any:
+        from peft import PeftModel
+
+        return self.fix(PeftModel.from_pretrained(base, str(run_dir)))
 
 
 _REGISTRY: dict[str, type[Method]] = {}

@@ -18,10 +18,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from lmtune.methods.base import Method, register
+from lmtune.methods.base import PeftMethod, register
 
-# PEFT reads transformers' deprecated `is_gradient_checkpointing`; the warning is theirs, not the user's.
-warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 # PEFT advises converting PiSSA/OLoRA adapters to plain LoRA; `save` below always does.
 warnings.filterwarnings("ignore", message="(PiSSA|OLoRA) changes the base weights", category=UserWarning)
 
@@ -29,15 +27,14 @@ INIT = {"default": True, "gaussian": "gaussian", "pissa": "pissa", "olora": "olo
 
 
 @register
-class LoRA(Method):
+class LoRA(PeftMethod):
     name = "lora"
     mergeable = True
-    needs_base = True
 
     def __init__(self) -> None:
         self._initial_adapter: Path | None = None  # PiSSA/OLoRA starting point, for the save conversion
 
-    def lora_config(self, opts: Any) -> Any:
+    def peft_config(self, model: Any, opts: Any) -> Any:
         from peft import LoraConfig, TaskType
 
         return LoraConfig(
@@ -54,9 +51,7 @@ class LoRA(Method):
         )
 
     def prepare(self, model: Any, opts: Any) -> Any:
-        from peft import get_peft_model
-
-        peft_model = get_peft_model(model, self.lora_config(opts))
+        peft_model = super().prepare(model, opts)
         if opts.init in ("pissa", "olora"):
             # PEFT's conversion wants the initial adapter saved as a plain LoRA (init flag True).
             self._initial_adapter = Path(tempfile.mkdtemp(prefix="lmtune-lora-init-")) / "initial"
@@ -72,11 +67,6 @@ class LoRA(Method):
             return
         model.save_pretrained(out_dir, path_initial_model_for_weight_conversion=str(self._initial_adapter))
         shutil.rmtree(self._initial_adapter.parent, ignore_errors=True)
-
-    def load(self, base: Any, run_dir: Path) -> Any:
-        from peft import PeftModel
-
-        return PeftModel.from_pretrained(base, str(run_dir))
 
 
 @register

@@ -8,11 +8,9 @@ layout and can be merged into the base.
 from __future__ import annotations
 
 import warnings
-from abc import abstractmethod
-from pathlib import Path
 from typing import Any
 
-from lmtune.methods.base import Method, register
+from lmtune.methods.base import PeftMethod, register
 
 # LN tuning warns on any norm class it does not list (e.g. LlamaRMSNorm); it only copies the module,
 # and tests/methods/test_every_method.py shows RMSNorm copies train, save and reload exactly.
@@ -21,27 +19,12 @@ warnings.filterwarnings(
 )
 
 
-class _PeftMethod(Method):
+class _Mergeable(PeftMethod):
     mergeable = True
-    needs_base = True
-
-    @abstractmethod
-    def peft_config(self, model: Any, opts: Any) -> Any:
-        """The PEFT config for `model` and the method options."""
-
-    def prepare(self, model: Any, opts: Any) -> Any:
-        from peft import get_peft_model
-
-        return get_peft_model(model, self.peft_config(model, opts))
-
-    def load(self, base: Any, run_dir: Path) -> Any:
-        from peft import PeftModel
-
-        return PeftModel.from_pretrained(base, str(run_dir))
 
 
 @register
-class IA3(_PeftMethod):
+class IA3(_Mergeable):
     name = "ia3"
 
     def peft_config(self, model: Any, opts: Any) -> Any:
@@ -63,7 +46,7 @@ class IA3(_PeftMethod):
 
 
 @register
-class LNTuning(_PeftMethod):
+class LNTuning(_Mergeable):
     name = "ln_tuning"
 
     def peft_config(self, model: Any, opts: Any) -> Any:

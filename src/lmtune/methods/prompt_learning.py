@@ -11,44 +11,22 @@ from __future__ import annotations
 import math
 import types
 import warnings
-from abc import abstractmethod
-from pathlib import Path
 from typing import Any
 
 from lmtune.errors import ConfigError
-from lmtune.methods.base import Method, register
+from lmtune.methods.base import PeftMethod, register
 
 # We give prompt/P-tuning their position ids back in generation (`_keep_positions`), so PEFT's warning
-# that it drops them would mislead every chat user. The second one is PEFT reading a deprecated name.
+# that it drops them would mislead every chat user.
 warnings.filterwarnings("ignore", message="Position ids are not supported for parameter efficient tuning")
-warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
 
 def _hidden_size(model: Any) -> int:
     return model.config.get_text_config().hidden_size
 
 
-class _PromptLearning(Method):
+class _PromptLearning(PeftMethod):
     mergeable = False
-    needs_base = True
-
-    @abstractmethod
-    def peft_config(self, model: Any, opts: Any) -> Any:
-        """The PEFT config for `model` and the method options."""
-
-    def prepare(self, model: Any, opts: Any) -> Any:
-        from peft import get_peft_model
-
-        return self.fix(get_peft_model(model, self.peft_config(model, opts)))
-
-    def fix(self, model: Any) -> Any:
-        """Repair what PEFT gets wrong for this method on the loaded or prepared model."""
-        return model
-
-    def load(self, base: Any, run_dir: Path) -> Any:
-        from peft import PeftModel
-
-        return self.fix(PeftModel.from_pretrained(base, str(run_dir)))
 
 
 @register
