@@ -7,7 +7,7 @@ import yaml
 
 from lmtune.config.loader import apply_override, dump_config, load_config
 from lmtune.config.reference import config_reference
-from lmtune.config.schema import RunConfig
+from lmtune.config.schema import DatasetEntry, RunConfig
 from lmtune.errors import ConfigError
 
 
@@ -42,7 +42,7 @@ def test_overrides_parse_yaml_values(tmp_path):
         ({"data": {"path": "x"}}, ["train.learning_rate=1"], "Did you mean 'train.lr'?"),
         ({"data": {"path": "x"}}, ["method.name=lorax"], "method.name"),
         ({"data": {"path": "x"}}, ["train.batch_size=0"], "train.batch_size"),
-        ({}, [], "data.path is required"),
+        ({}, [], "data.path (one training file) or data.datasets (several) is required"),
     ],
 )
 def test_errors_name_the_key_and_suggest(tmp_path, data, override, expected):
@@ -80,9 +80,14 @@ def test_dump_round_trips(tmp_path):
 def test_reference_covers_every_field():
     ref = config_reference()
     for section, sfield in RunConfig.model_fields.items():
+        if section == "task":
+            assert "| `task` | sft, pretrain, classification, preference | `\"sft\"` |" in ref
+            continue
         assert f"## {section}" in ref
         for name in sfield.annotation.model_fields:
             assert f"`{section}.{name}`" in ref
+    for name in DatasetEntry.model_fields:
+        assert f"`data.datasets[].{name}`" in ref
     assert (
         "| `method.name` | lora, qlora, full, freeze, prefix, prompt, ptuning, adapter, bitfit, ia3, ln_tuning |"
         in ref

@@ -50,6 +50,18 @@ SYNONYMS = {
     "bnb_4bit_use_double_quant": "double_quant",
     "bnb_4bit_compute_dtype": "compute_dtype",
     "optimizer": "optim",
+    "stage": "task",
+    "pref_loss": "loss",
+    "pref_beta": "beta",
+    "dpo_beta": "beta",
+    "dataset": "datasets",
+    "dataset_dir": "registry",
+    "mix_strategy": "mix",
+    "interleave_probs": "weight",
+    "rpo_alpha": "sft_weight",
+    "pref_ftx": "sft_weight",
+    "kto_chosen_weight": "desirable_weight",
+    "kto_rejected_weight": "undesirable_weight",
 }
 
 
@@ -87,7 +99,7 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
         raise ConfigError(f"Override '{item}' must look like section.key=value (e.g. train.lr=1e-4).")
     key, _, value = item.partition("=")
     parts = [k for k in key.strip().split(".") if k]
-    if len(parts) < 2:
+    if len(parts) < 2 and parts != ["task"]:
         raise ConfigError(f"Override '{item}': name a section and a key, e.g. train.{key.strip()}={value}.")
     try:
         parsed = yaml.safe_load(value) if value.strip() else ""
@@ -146,6 +158,9 @@ def resolve_paths(cfg: RunConfig, base: Path) -> RunConfig:
 
     cfg.data.path = fix(cfg.data.path)
     cfg.data.val_path = fix(cfg.data.val_path)
+    cfg.data.registry = fix(cfg.data.registry)
+    for entry in cfg.data.datasets:
+        entry.path = fix(entry.path)
     cfg.eval.path = fix(cfg.eval.path)
     return cfg
 

@@ -8,7 +8,7 @@ from typing import Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel
 
-from lmtune.config.schema import RunConfig
+from lmtune.config.schema import DatasetEntry, RunConfig
 
 
 def _type_name(ann) -> str:
@@ -38,15 +38,31 @@ def config_reference(*, title: bool = True, level: int = 2) -> str:
     out = ["# lmtune config reference", "", "Generated from the schema by `lmtune config schema`.", ""]
     if not title:
         out = []
-    for section, sfield in RunConfig.model_fields.items():
+    sections = {k: f for k, f in RunConfig.model_fields.items() if _is_section(f.annotation)}
+    top = {k: f for k, f in RunConfig.model_fields.items() if k not in sections}
+    out += _table(f"{'#' * level} top level", top.items(), "")
+    for section, sfield in sections.items():
         model: type[BaseModel] = sfield.annotation  # type: ignore[assignment]
-        out += [f"{'#' * level} {section}", "", "| key | type | default | description |", "|---|---|---|---|"]
-        for name, f in model.model_fields.items():
-            desc = (f.description or "").replace("|", "\\|")
-            methods = (f.json_schema_extra or {}).get("methods")  # type: ignore[union-attr]
-            if methods:
-                desc = f"*({', '.join(methods)})* {desc}"
-            typ = _type_name(f.annotation).replace("|", "\\|")
-            out.append(f"| `{section}.{name}` | {typ} | `{_default(f)}` | {desc} |")
-        out.append("")
+        out += _table(f"{'#' * level} {section}", model.model_fields.items(), f"{section}.")
+        if section == "data":
+            out += _table(
+                f"{'#' * (level + 1)} data.datasets entries", DatasetEntry.model_fields.items(), "data.datasets[]."
+            )
     return "\n".join(out)
+
+
+def _is_section(ann) -> bool:
+    return isinstance(ann, type) and issubclass(ann, BaseModel)
+
+
+def _table(heading: str, fields, prefix: str) -> list[str]:
+    out = [heading, "", "| key | type | default | description |", "|---|---|---|---|"]
+    for name, f in fields:
+        desc = (f.description or "").replace("|", "\\|")
+        methods = (f.json_schema_extra or {}).get("methods")  # type: ignore[union-attr]
+        if methods:
+            desc = f"*({', '.join(methods)})* {desc}"
+        typ = _type_name(f.annotation).replace("|", "\\|")
+        out.append(f"| `{prefix}{name}` | {typ} | `{_default(f)}` | {desc} |")
+    out.append("")
+    return out

@@ -8,7 +8,7 @@ description is the user's documentation: say what the option does and what value
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -31,14 +31,96 @@ class ModelSection(Section):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when available, else cpu.")
 
 
+TASKS = ("sft", "pretrain", "classification", "preference")
+
+# Every record format a data file may be read as. Which ones a task accepts is decided by the
+# task's loader (lmtune.data.sources); auto detects the format from the field names.
+DATA_FORMATS = (
+    "auto",
+    # sft: conversations
+    "openai",
+    "sharegpt",
+    "alpaca",
+    "dolly",
+    "prompt_completion",
+    # pretrain: raw text
+    "text",
+    # classification: text (+ text_pair) + label
+    "classification",
+    # preference: pairs, or KTO single answers with a good/bad label
+    "preference",
+    "sharegpt_ranking",
+    "openai_preference",
+    "kto",
+)
+DataFormat = Literal[DATA_FORMATS]  # type: ignore[valid-type]
+
+
+class DatasetEntry(Section):
+    """One file of `data.datasets`, with its own format, columns and mixing weight."""
+
+    path: str | None = Field(
+        None, description="Data file; relative paths are resolved against the config file's folder."
+    )
+    name: str | None = Field(None, description="Name of an entry in data.registry (instead of path).")
+    format: DataFormat = Field("auto", description="Record format of this file; auto detects it.")
+    columns: dict[str, str] = Field(
+        default_factory=dict, description="Map the format's field names to this file's (as data.columns)."
+    )
+    roles: dict[str, str] = Field(
+        default_factory=dict,
+        description="ShareGPT speaker names used by this file, by role: {user: human, assistant: gpt, "
+        "system: system, tool: observation, function_call: function_call} (LLaMA-Factory's *_tag).",
+    )
+    system: str | None = Field(None, description="System prompt added to this file's records that have none.")
+    limit: int | None = Field(None, ge=1, description="Use only the first N records of this file.")
+    weight: float = Field(
+        1.0,
+        gt=0,
+        description="Mixing weight. interleave: relative sampling probability; concat: a record-count "
+        "multiplier (2 repeats the file twice, 0.5 takes a seeded half).",
+    )
+
+    @model_validator(mode="after")
+    def _path_or_name(self) -> DatasetEntry:
+        if (self.path is None) == (self.name is None):
+            raise ValueError(
+                "each data.datasets entry needs exactly one of path (a file) or name (a registry entry)"
+            )
+        return self
+
+
 class DataSection(Section):
     path: str | None = Field(
         None,
         description="Training data file (json, jsonl, csv, tsv, parquet, txt). Relative paths are "
-        "resolved against the config file's folder.",
+        "resolved against the config file's folder. For several files use data.datasets.",
     )
-    format: Literal["auto", "openai", "sharegpt", "alpaca", "dolly", "prompt_completion"] = Field(
-        "auto", description="Record format; auto detects it from the field names."
+    datasets: list[DatasetEntry] = Field(
+        default_factory=list,
+        description="Several training files mixed together, each {path or name, format, columns, roles, "
+        "system, limit, weight}. A plain string is a registry name when data.registry is set, else a path.",
+    )
+    mix: Literal["concat", "interleave"] = Field(
+        "concat",
+        description="How data.datasets are combined. concat: one after another (weights scale counts); "
+        "interleave: records drawn at random in proportion to the weights, seeded by data.seed.",
+    )
+    mix_stop: Literal["first_exhausted", "all_exhausted"] = Field(
+        "first_exhausted",
+        description="interleave: stop when the first dataset runs out, or go on (re-using the exhausted "
+        "ones) until every dataset has been used in full.",
+    )
+    registry: str | None = Field(
+        None,
+        description="A LLaMA-Factory dataset_info.json; data.datasets may then name its entries. Files are "
+        "resolved against the registry's folder; hub entries are refused (no download).",
+    )
+    format: DataFormat = Field(
+        "auto", description="Record format of data.path; auto detects it from the field names."
+    )
+    roles: dict[str, str] = Field(
+        default_factory=dict, description="ShareGPT speaker names of data.path by role (see data.datasets)."
     )
     columns: dict[str, str] = Field(
         default_factory=dict,
@@ -67,7 +149,30 @@ class DataSection(Section):
         "last: only the final assistant turn; all_tokens: the whole rendered conversation.",
     )
     limit: int | None = Field(None, ge=1, description="Use only the first N records (quick experiments).")
-    seed: int = Field(42, description="Seed for the validation split.")
+    seed: int = Field(42, description="Seed for the validation split and for mixing datasets.")
+    text_split: Literal["document", "line"] = Field(
+        "document",
+        description="pretrain, .txt files: one document per file, or one per non-empty line.",
+    )
+    labels: list[str] | None = Field(
+        None,
+        description="classification: the label set, in the order of the model's outputs. null: "
+        "discovered from the training data (sorted). Records with other labels are rejected.",
+    )
+    shuffle: bool = Field(
+        True,
+        description="Shuffle the training samples each epoch. false keeps file order (a file sorted by "
+        "label then trains class by class, which is warned about).",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _string_datasets(cls, data: Any) -> Any:
+        """`datasets: [alpaca_en_demo, more.jsonl]`: names with a registry, paths without one."""
+        if isinstance(data, dict) and isinstance(data.get("datasets"), list):
+            key = "name" if data.get("registry") else "path"
+            data = {**data, "datasets": [{key: d} if isinstance(d, str) else d for d in data["datasets"]]}
+        return data
 
 
 METHODS = (
@@ -240,6 +345,36 @@ class TrainSection(Section):
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
 
 
+PREFERENCE_LOSSES = ("sigmoid", "ipo", "hinge", "orpo", "simpo", "cpo", "kto")
+
+
+class PreferenceSection(Section):
+    loss: Literal[PREFERENCE_LOSSES] = Field(  # type: ignore[valid-type]
+        "sigmoid",
+        description="Preference objective (TRL). sigmoid (DPO), ipo, hinge: pairwise against a reference "
+        "model (with LoRA: the base with the adapter switched off, no second copy); orpo, simpo, cpo: "
+        "reference-free; kto: single answers labelled good or bad.",
+    )
+    beta: float = Field(
+        0.1, gt=0, description="Strength of the preference term (DPO/IPO/hinge/KTO beta; ORPO lambda)."
+    )
+    label_smoothing: float = Field(
+        0.0, ge=0, lt=0.5, description="sigmoid: assumed probability that a pair's labels are flipped (cDPO)."
+    )
+    simpo_gamma: float = Field(0.5, ge=0, description="simpo: target reward margin gamma.")
+    sft_weight: float = Field(
+        0.0,
+        ge=0,
+        description="Weight of an SFT (negative log-likelihood) loss on the chosen answers mixed into the "
+        "preference loss (RPO for DPO losses, cpo_alpha for cpo/simpo). 0: none.",
+    )
+    desirable_weight: float = Field(1.0, gt=0, description="kto: weight of the good answers' loss.")
+    undesirable_weight: float = Field(1.0, gt=0, description="kto: weight of the bad answers' loss.")
+    max_prompt_length: int | None = Field(
+        None, ge=1, description="Prompts longer than this many tokens are cut from the left; null: no limit."
+    )
+
+
 class EvalSection(Section):
     path: str | None = Field(
         None,
@@ -257,17 +392,38 @@ class OutputSection(Section):
 
 
 class RunConfig(Section):
+    task: Literal[TASKS] = Field(  # type: ignore[valid-type]
+        "sft",
+        description="sft: chat/instruction fine-tuning; pretrain: continued pretraining on raw text; "
+        "classification: a label per text; preference: chosen/rejected pairs (DPO family) or KTO.",
+    )
     model: ModelSection = Field(default_factory=ModelSection)
     data: DataSection = Field(default_factory=DataSection)
     method: MethodSection = Field(default_factory=MethodSection)
     train: TrainSection = Field(default_factory=TrainSection)
+    preference: PreferenceSection = Field(default_factory=PreferenceSection)
     eval: EvalSection = Field(default_factory=EvalSection)
     output: OutputSection = Field(default_factory=OutputSection)
 
     @model_validator(mode="after")
     def _check(self) -> RunConfig:
-        if self.data.path is None:
-            raise ValueError("data.path is required: the training data file")
+        if self.data.path is None and not self.data.datasets:
+            raise ValueError("data.path (one training file) or data.datasets (several) is required")
+        if self.data.path is not None and self.data.datasets:
+            raise ValueError(
+                "set data.path or data.datasets, not both: add the file to data.datasets as one more entry"
+            )
+        if any(d.name for d in self.data.datasets) and not self.data.registry:
+            raise ValueError(
+                "a data.datasets entry has a name but data.registry is not set: point it at the dataset_info.json"
+            )
+        if self.task != "preference" and self.preference != PreferenceSection():
+            raise ValueError(f"the preference section applies to task: preference, not task: {self.task}")
+        if self.task == "classification" and self.eval.path:
+            raise ValueError(
+                "eval.path (generation checks) does not apply to task: classification; "
+                "its validation metrics are accuracy, macro-F1 and the confusion matrix"
+            )
         if self.method.name == "prefix" and self.train.gradient_checkpointing:
             raise ValueError(
                 "train.gradient_checkpointing does not work with method.name=prefix: prefix tuning feeds "

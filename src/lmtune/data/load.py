@@ -40,8 +40,13 @@ def load_conversations(
     on_error: str = "skip",
     system: str | None = None,
     limit: int | None = None,
+    roles: dict[str, str] | None = None,
+    text_split: str = "document",  # noqa: ARG001 - the shared loader contract (lmtune.data.sources)
 ) -> LoadResult:
-    """Read `path` into canonical conversations; `limit` caps the records read from the file."""
+    """Read `path` into canonical conversations; `limit` caps the records read from the file.
+
+    `roles` maps ShareGPT roles to the speaker names a file uses ({user: human, ...}).
+    """
     file = str(path)
     _check_options(format, on_error, limit)
     raws = list(islice(iter_raw_records(path), limit))

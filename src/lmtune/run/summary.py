@@ -46,18 +46,29 @@ def write_summary(run: RunDir, s: dict[str, Any], console: Any) -> None:
         "",
         "| | |",
         "|---|---|",
+        f"| task | {s.get('task', 'sft')} |",
         f"| model | {s['model']} |",
         f"| method | {s['method']} |",
         f"| trainable parameters | {p['trainable']:,} of {p['total']:,} ({p['trainable_percent']}%) |",
-        f"| samples (train / validation / rejected) | {s['data']['train_samples']} / "
-        f"{s['data']['val_samples']} / {s['data']['rejected']} |",
+    ]
+    if "data" in s:
+        d = s["data"]
+        lines.append(
+            f"| samples (train / validation / rejected) | {d['train_samples']} / {d['val_samples']} / {d['rejected']} |"
+        )
+    lines += [
         f"| optimizer steps | {s['steps']} |",
         f"| tokens seen (non-padding) | {s['tokens_seen']:,} |",
         f"| training time | {s['train_seconds']} s (whole run {s['total_seconds']} s) |",
         f"| train loss (first log / last log) | {_fmt(s['train_loss']['first'])} / {_fmt(s['train_loss']['last'])} |",
-        f"| validation loss (before / after) | {_fmt(s['eval_loss']['before'])} / {_fmt(s['eval_loss']['after'])} |",
     ]
-    before, after = s["checks"]["before"], s["checks"]["after"]
+    if "eval_loss" in s:
+        el = s["eval_loss"]
+        lines.append(f"| validation loss (before / after) | {_fmt(el['before'])} / {_fmt(el['after'])} |")
+    for name, m in s.get("metrics", {}).items():  # task metrics: {name: {before, after}}
+        lines.append(f"| {name} (before / after) | {_fmt(m.get('before'))} / {_fmt(m.get('after'))} |")
+    checks = s.get("checks") or {}
+    before, after = checks.get("before"), checks.get("after")
     if after:
         lines += ["", "## Check prompts", ""]
         for key in ("exact_match", "contains"):
@@ -85,7 +96,8 @@ def _cell(text: str) -> str:
 def _print(s: dict[str, Any], console: Any) -> None:
     from rich.table import Table
 
-    before, after = s["checks"]["before"], s["checks"]["after"]
+    checks = s.get("checks") or {}
+    before, after = checks.get("before"), checks.get("after")
     if after:
         table = Table(title="Check prompts: base vs tuned", show_lines=True)
         table.add_column("prompt", max_width=30)
@@ -99,13 +111,18 @@ def _print(s: dict[str, Any], console: Any) -> None:
             if after.get(key) is not None:
                 b = f"{before[key]:.0%}" if before and before.get(key) is not None else "-"
                 console.print(f"[bold]{key}[/]: {b} before -> {after[key]:.0%} after")
-    tl, el = s["train_loss"], s["eval_loss"]
+    tl, el = s["train_loss"], s.get("eval_loss") or {}
+    extra = "".join(
+        f", {name} {_fmt(m.get('before'))} -> {_fmt(m.get('after'))}"
+        for name, m in s.get("metrics", {}).items()
+    )
     console.print(
         f"[bold green]Done[/] in {s['total_seconds']} s: train loss {_fmt(tl['first'])} -> {_fmt(tl['last'])}"
         + (
             f", validation loss {_fmt(el['before'])} -> {_fmt(el['after'])}"
-            if el["after"] is not None
+            if el.get("after") is not None
             else ""
         )
+        + extra
         + f". Run directory: {s['run_dir']}"
     )

@@ -50,12 +50,16 @@ def check_report_to(report_to: str) -> list[str]:
     return [report_to]
 
 
-def training_arguments(cfg: RunConfig, run: RunDir, *, device: str, has_val: bool) -> Any:
+def training_arguments(
+    cfg: RunConfig, run: RunDir, *, device: str, has_val: bool, args_class: Any = None, **overrides: Any
+) -> Any:
+    """TrainingArguments (or a subclass such as TRL's DPOConfig, via `args_class`) for the run;
+    `overrides` are task-specific extra arguments of that class."""
     from transformers import TrainingArguments
 
     t = cfg.train
     eval_strategy = "steps" if has_val and t.eval_steps else "no"
-    return TrainingArguments(
+    return (args_class or TrainingArguments)(
         output_dir=str(run.checkpoints),
         num_train_epochs=t.epochs,
         max_steps=t.max_steps,
@@ -86,4 +90,6 @@ def training_arguments(cfg: RunConfig, run: RunDir, *, device: str, has_val: boo
         remove_unused_columns=False,
         disable_tqdm=True,
         save_only_model=False,
+        train_sampling_strategy="random" if cfg.data.shuffle else "sequential",
+        **overrides,
     )

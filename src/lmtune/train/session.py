@@ -1,0 +1,291 @@
+"""The steps every task shares, in the order a run takes them.
+
+A task module (train/sft.py, pretrain.py, classification.py, preference.py) is a short script over
+one `Session`:
+
+    s = Session(cfg, resume=resume, console=console)     run directory + resolved config
+    data = s.load_data()                                 files read, mixed, split; rejects kept
+    tokenizer = s.load_tokenizer()
+    ... task: tokenise data.train / data.val, call s.finish_data(...)
+    model = s.load_model()                               base (or a previous run), method.check
+    model = s.prepare(model)                             the method on top, counts printed
+    ... task: build its trainer with s.callbacks() and s.training_args(), train
+    s.save(model, tokenizer, marker_extra)               weights, tokenizer, marker
+    return s.finish(summary)                             loss plot, summary.json/.md, printout
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lmtune import __version__
+from lmtune.config.loader import dump_config
+from lmtune.config.schema import RunConfig
+from lmtune.data.records import Reject, count_reasons
+from lmtune.errors import ConfigError, DataError
+from lmtune.run.layout import RunDir, is_run_dir, prepare_run_dir, write_json
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    summary: dict[str, Any]
+    model: Any = None  # the trained model, still in memory (for tests and the Python API)
+
+
+@dataclass
+class RunData:
+    train: list[Any]
+    val: list[Any]
+    rejects: list[Reject]
+    info: dict[str, Any] = field(default_factory=dict)  # goes into data_stats.json
+
+
+def run_name(cfg: RunConfig) -> Path:
+    if cfg.output.dir:
+        return Path(cfg.output.dir)
+    return Path("runs") / (cfg.output.name or "run")
+
+
+class Session:
+    def __init__(self, cfg: RunConfig, *, resume: bool = False, console: Any = None):
+        from rich.console import Console
+
+        self.cfg = cfg
+        self.resume = resume
+        self.console = console or Console()
+        self.started = time.perf_counter()
+        if resume and (
+            cfg.method.name == "ptuning" or (cfg.method.name == "prefix" and cfg.method.prefix_projection)
+        ):
+            raise ConfigError(
+                f"--resume is not possible for method {cfg.method.name} with a prompt encoder: PEFT's "
+                "checkpoints keep only the encoder's output, not its weights, so training would restart it. "
+                "The run directory and its checkpoints still load for chat and generate; "
+                "to train further, start a new run."
+            )
+        self.run: RunDir = prepare_run_dir(run_name(cfg), overwrite=cfg.output.overwrite, resume=resume)
+        self.run.config.write_text(dump_config(cfg), encoding="utf-8")
+        self.console.print(f"[bold]Run directory:[/] {self.run.root}")
+        self.method: Any = None
+        self.device = "cpu"
+        self.bf16 = False
+        self.counts = (0, 0)
+        self.metrics: Any = None
+        self.parent: dict[str, Any] | None = None  # the marker of the run `model.name` points at
+
+    # -- data ---------------------------------------------------------------------------------
+    def load_data(self) -> RunData:
+        """Training records (mixed when there are several files), validation records, rejects."""
+        from lmtune.data.sources import SourceSpec, load_file, load_sources
+        from lmtune.data.split import split_records
+
+        d = self.cfg.data
+        sources = load_sources(d, self.cfg.task, console=self.console)
+        rejects = list(sources.rejects)
+        if sources.rejects:
+            counts = ", ".join(f"{n} {r}" for r, n in count_reasons(sources.rejects).items())
+            self.console.print(
+                f"[yellow]{len(sources.rejects)} of {sources.total} records skipped: {counts} "
+                f"(see {self.run.rejects})[/]"
+            )
+        train = sources.records
+        val: list[Any] = []
+        if d.val_path:
+            spec = SourceSpec(
+                d.val_path, Path(d.val_path).name, d.format, dict(d.columns), dict(d.roles), d.system
+            )
+            val_load = load_file(spec, self.cfg.task, on_error=d.on_error, text_split=d.text_split)
+            rejects += val_load.rejects
+            val = val_load.records
+            self.console.print(f"Validation file {d.val_path}: {len(val)} of {val_load.total} records usable")
+        elif d.val_size:
+            size = int(d.val_size) if d.val_size >= 1 else d.val_size
+            n = len(train)
+            train, val, _ = split_records(train, val_size=size, seed=d.seed)
+            self.console.print(f"Validation split: {len(val)} of {n} records")
+        info = {
+            "task": self.cfg.task,
+            "train_file": d.path if d.path else [row["path"] for row in sources.per_dataset],
+            "format": sources.formats[0] if len(sources.formats) == 1 else sources.formats,
+            "records_read": sources.total,
+        }
+        if len(sources.per_dataset) > 1 or d.datasets:
+            info["datasets"] = sources.per_dataset
+            info["mix"] = d.mix
+        return RunData(train, val, rejects, info)
+
+    def write_rejects(self, rejects: list[Reject], *, stage_reasons: tuple[str, ...] = ()) -> None:
+        """rejects.jsonl with every skipped record; those skipped after reading (tokenisation) are
+        announced here, or stop the run under on_error: fail."""
+        from lmtune.data.load import write_rejects
+
+        write_rejects(rejects, self.run.rejects)
+        late = [r for r in rejects if r.reason in stage_reasons]
+        if late:
+            first = late[0]
+            if self.cfg.data.on_error == "fail":
+                raise DataError(first.message, file=first.file, record=first.record, field=first.field)
+            self.console.print(
+                f"[yellow]{len(late)} records skipped at tokenisation (e.g. {first.reason}: "
+                f"{first.message}); see {self.run.rejects}[/]"
+            )
+
+    def finish_data(self, info: dict[str, Any], rejects: list[Reject], *, trainable: int, **late) -> None:
+        """Write rejects and data_stats.json; stop when nothing is left to train on."""
+        self.write_rejects(rejects, **late)
+        info["rejected_by_reason"] = count_reasons(rejects)
+        write_json(self.run.data_stats, info)
+        if not trainable:
+            raise DataError(
+                "no trainable samples left after validation and tokenisation",
+                file=self.cfg.data.path or self.cfg.data.registry,
+                hint=f"see {self.run.rejects} for the reason of each skipped record.",
+            )
+
+    # -- model --------------------------------------------------------------------------------
+    def model_ref(self) -> Any:
+        """Where the tokenizer (and, unless model.name is a run, the weights) come from."""
+        from lmtune.models.resolve import ModelRef, resolve_model_ref
+
+        name = self.cfg.model.name
+        if is_run_dir(name):
+            return ModelRef(spec=name, kind="folder", path=name, gguf_file=None, display=Path(name).name)
+        return resolve_model_ref(name)
+
+    def load_tokenizer(self) -> Any:
+        from lmtune.models.load import load_tokenizer
+
+        return load_tokenizer(self.model_ref())
+
+    def load_model(self, loader: Any = None, **extra: Any) -> Any:
+        """The base model in float32 master weights (or the run `model.name` names), checked for the method.
+
+        `loader(ref, dtype=, device=, **kwargs)` defaults to load_causal_lm; classification passes
+        its own. Training keeps float32 master weights unless told otherwise: pure bf16 weights
+        would round small updates away; bf16 speed comes from mixed precision (train.bf16).
+        """
+        from lmtune.methods.base import get_method
+        from lmtune.models.load import load_causal_lm, resolve_device
+        from lmtune.train.args import use_bf16
+
+        cfg = self.cfg
+        self.method = get_method(cfg.method.name)
+        self.device = resolve_device(cfg.model.device)
+        self.bf16 = use_bf16(cfg.train.bf16, self.device)
+        dtype = "float32" if cfg.model.dtype == "auto" else cfg.model.dtype
+        kwargs = {**self.method.load_kwargs(cfg.method, bf16=self.bf16), **extra}
+        if is_run_dir(cfg.model.name):
+            from lmtune.train.continue_run import load_previous_run
+
+            model, self.parent = load_previous_run(self, cfg.model.name, dtype=dtype, loader=loader, **kwargs)
+            return model
+        model = (loader or load_causal_lm)(self.model_ref(), dtype=dtype, device=self.device, **kwargs)
+        self.method.check(model, cfg.method)
+        return model
+
+    def prepare(self, model: Any, **kw: Any) -> Any:
+        """Put the method on the model (seeded, so fresh LoRA/prompt/adapter weights are reproducible)."""
+        from transformers import set_seed
+
+        from lmtune.models.load import count_parameters
+
+        set_seed(self.cfg.train.seed)
+        if self.parent is None:  # a previous run's trainable weights are already in place
+            model = self.method.prepare(model, self.cfg.method, **kw)
+        total, trainable = self.counts = count_parameters(model)
+        self.console.print(
+            f"Method {self.method.name}: {trainable:,} trainable of {total:,} parameters "
+            f"({100 * trainable / total:.3f}%)"
+        )
+        return model
+
+    # -- trainer ------------------------------------------------------------------------------
+    def training_args(self, *, has_val: bool, args_class: Any = None, **overrides: Any) -> Any:
+        from lmtune.train.args import training_arguments
+
+        return training_arguments(
+            self.cfg, self.run, device=self.device, has_val=has_val, args_class=args_class, **overrides
+        )
+
+    def callbacks(self) -> list[Any]:
+        from lmtune.train.callbacks import MetricsCallback, ProgressCallback
+
+        self.metrics = MetricsCallback(self.run.metrics, self.console)
+        return [self.metrics, ProgressCallback(self.console)]
+
+    @staticmethod
+    def quiet(trainer: Any) -> Any:
+        """Our progress bar and metrics file replace the Trainer's own printing."""
+        from transformers.trainer_callback import PrinterCallback
+        from transformers.trainer_callback import ProgressCallback as HFProgress
+
+        trainer.remove_callback(HFProgress)
+        trainer.remove_callback(PrinterCallback)
+        return trainer
+
+    def train(self, trainer: Any) -> tuple[Any, float]:
+        """trainer.train(), resumed from the latest checkpoint under --resume; returns (output, seconds)."""
+        started = time.perf_counter()
+        ckpt = str(self.run.latest_checkpoint()) if self.resume else None
+        output = trainer.train(resume_from_checkpoint=ckpt)
+        return output, time.perf_counter() - started
+
+    # -- outputs ------------------------------------------------------------------------------
+    def save(self, model: Any, tokenizer: Any, **marker_extra: Any) -> None:
+        """Trained weights, tokenizer and the run marker (what `load_target` reads back)."""
+        self.method.save(model, self.run.root)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(self.run.root)
+        base = self.parent["base_model"] if self.parent else self.cfg.model.name
+        marker = {
+            "lmtune_version": __version__,
+            "task": self.cfg.task,
+            "base_model": base,
+            "method": self.method.name,
+            "method_options": self.cfg.method.options(),
+            "mergeable": self.method.mergeable,
+            "bf16": self.bf16,
+            **marker_extra,
+        }
+        if self.parent is not None:
+            marker["parent_run"] = str(Path(self.cfg.model.name).resolve())
+            marker["method_options"] = self.parent["method_options"]
+        write_json(self.run.marker, marker)
+
+    def base_summary(self, output: Any, trainer: Any, train_seconds: float) -> dict[str, Any]:
+        """The summary fields every task reports (tasks add their own metrics)."""
+        total, trainable = self.counts
+        history = self.metrics.history if self.metrics else []
+        losses = [h["loss"] for h in history if "loss" in h]
+        return {
+            "run_dir": str(self.run.root),
+            "task": self.cfg.task,
+            "model": self.cfg.model.name,
+            "method": self.method.name,
+            "parameters": {
+                "total": total,
+                "trainable": trainable,
+                "trainable_percent": round(100 * trainable / total, 4),
+            },
+            "steps": output.global_step,
+            "tokens_seen": trainer.state.num_input_tokens_seen,
+            "train_seconds": round(train_seconds, 1),
+            "train_loss": {
+                "first": losses[0] if losses else None,
+                "last": losses[-1] if losses else None,
+                "mean": output.training_loss,
+            },
+        }
+
+    def finish(self, summary: dict[str, Any], model: Any = None) -> RunResult:
+        from lmtune.run.summary import plot_losses, write_summary
+
+        if self.metrics is not None:
+            plot_losses(self.metrics.history, self.run.loss_plot)
+        summary["total_seconds"] = round(time.perf_counter() - self.started, 1)
+        write_summary(self.run, summary, self.console)
+        return RunResult(self.run.root, summary, model)
