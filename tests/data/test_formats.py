@@ -314,3 +314,15 @@ def test_preference_and_text_are_not_sft(fmt):
         to_conversation({"text": "x", "chosen": "a", "rejected": "b"}, fmt)
     assert err.value.reason == "wrong_task"
     assert ("task: preference" if fmt == "preference" else "task: pretrain") in str(err.value)
+
+
+def test_alpaca_tools_column_and_sharegpt_roles():
+    schema = {"name": "lookup", "parameters": {"type": "object", "properties": {}}}
+    rec = {"q": "Find it", "a": "Done", "fns": json.dumps([schema])}
+    conv = to_conversation(rec, "alpaca", columns={"instruction": "q", "output": "a", "tools": "fns"})
+    assert conv.tools == [{"type": "function", "function": schema}]
+    turns = {"conversations": [{"from": "Kid", "value": "hi"}, {"from": "Mom", "value": "hello"}]}
+    conv = to_conversation(turns, "sharegpt", roles={"user": "kid", "assistant": "MOM"})  # case-insensitive
+    assert [(m.role, m.content) for m in conv.messages] == [("user", "hi"), ("assistant", "hello")]
+    with pytest.raises(RecordError, match="'Kid' is not a known ShareGPT role"):
+        to_conversation(turns, "sharegpt")

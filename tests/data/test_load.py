@@ -329,3 +329,39 @@ def test_options(tmp_path):
     with pytest.raises(DataError, match="limit"):
         load_conversations(p, limit=0)
     assert summarize_rejects(res) == "all 5 records loaded"
+
+
+# ---------------------------------------------------------------- ShareGPT speaker names (roles)
+
+
+def test_roles_name_the_files_own_speakers(tmp_path):
+    path = tmp_path / "chat.jsonl"
+    turns = [("SYS", "Be brief."), ("Q", "Hi"), ("tool_use", '{"name": "f", "arguments": {}}'),
+             ("result", "42"), ("A", "It is 42.")]  # fmt: skip
+    write_lines(path, [
+        {"conversations": [{"from": w, "value": v} for w, v in turns]},
+        {"conversations": [{"from": "human", "value": "x"}, {"from": "gpt", "value": "y"}]},  # usual names still work
+        {"conversations": [{"from": "Q", "value": "x"}, {"from": "Robot", "value": "y"}]},
+    ])  # fmt: skip
+    roles = {"user": "Q", "assistant": "A", "system": "SYS", "tool": "result", "function_call": "tool_use"}
+    res = load_conversations(path, format="sharegpt", roles=roles)
+    msgs = res.records[0].messages
+    assert [(m.role, m.content) for m in msgs] == [
+        ("system", "Be brief."), ("user", "Hi"), ("assistant", ""), ("tool", "42"), ("assistant", "It is 42.")]  # fmt: skip
+    assert msgs[2].tool_calls == [{"type": "function", "function": {"name": "f", "arguments": "{}"}}]
+    assert texts(res.records[1]) == [("user", "x"), ("assistant", "y")]
+    (reject,) = res.rejects
+    assert (reject.reason, reject.record, reject.field) == ("unknown_role", 3, "conversations[1].from")
+    assert "'Robot'" in reject.message and "roles:" in reject.message
+
+
+def test_roles_mistakes_are_data_errors(tmp_path):
+    path = tmp_path / "chat.jsonl"
+    write_lines(path, [{"conversations": [{"from": "human", "value": "x"}, {"from": "gpt", "value": "y"}]}])
+    with pytest.raises(DataError, match="'usr', which is not a role. Did you mean 'user'"):
+        load_conversations(path, roles={"usr": "Q"})
+    oa = tmp_path / "oa.jsonl"
+    write_lines(oa, [{"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]}])
+    with pytest.raises(DataError, match="read as openai") as err:
+        load_conversations(oa, roles={"user": "Q"})
+    assert "format: sharegpt" in str(err.value)

@@ -135,14 +135,19 @@ class DataSection(Section):
     )
     val_path: str | None = Field(None, description="Validation file; if unset, val_size is split off.")
     val_size: float = Field(
-        0.0, ge=0, description="Validation split taken from path: a fraction (<1) or a record count (>=1)."
+        0.0,
+        ge=0,
+        description="Validation split taken from the training data: a fraction (<1) or a record count (>=1); "
+        "pretrain splits documents, or the blocks of a single document.",
     )
     template: str | None = Field(
         None,
         description="Chat template to use instead of the model's own: chatml or alpaca. Needed for "
         "base models that ship no chat template.",
     )
-    max_length: int = Field(1024, ge=8, description="Samples are truncated to this many tokens.")
+    max_length: int = Field(
+        1024, ge=8, description="Samples are truncated to this many tokens (pretrain: the block length)."
+    )
     train_on: Literal["all", "last", "all_tokens"] = Field(
         "all",
         description="Which tokens carry loss. all: every assistant turn (with its end-of-turn token); "

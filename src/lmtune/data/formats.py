@@ -22,7 +22,7 @@ SFT_FORMATS = ("openai", "sharegpt", "alpaca", "dolly", "prompt_completion")
 FIELDS: dict[str, tuple[str, ...]] = {
     "openai": ("messages", "role", "content", "weight", "tool_calls", "name", "tools"),
     "sharegpt": ("conversations", "from", "value", "system", "tools"),
-    "alpaca": ("instruction", "input", "output", "system", "history"),
+    "alpaca": ("instruction", "input", "output", "system", "history", "tools"),
     "dolly": ("instruction", "context", "response", "system"),
     "prompt_completion": ("prompt", "completion", "system"),
     "preference": ("prompt", "chosen", "rejected"),
@@ -163,9 +163,17 @@ def wrong_task_message(fmt: str) -> tuple[str, str]:
 
 
 def to_conversation(
-    data: dict[str, Any], fmt: str, *, columns: dict[str, str] | None = None, system: str | None = None
+    data: dict[str, Any],
+    fmt: str,
+    *,
+    columns: dict[str, str] | None = None,
+    system: str | None = None,
+    roles: dict[str, str] | None = None,
 ) -> Conversation:
-    """Convert one raw record of format `fmt`; raise RecordError naming the field when it does not fit."""
+    """Convert one raw record of format `fmt`; raise RecordError naming the field when it does not fit.
+
+    `roles` (ShareGPT only) maps our roles to the file's speaker names, e.g. {user: "Q", assistant: "A"}.
+    """
     if fmt in ("preference", "text"):
         msg, hint = wrong_task_message(fmt)
         raise RecordError("wrong_task", msg, None, hint)
@@ -173,7 +181,7 @@ def to_conversation(
     if convert is None:
         raise DataError(f"unknown format '{fmt}'.", hint=f"use one of {', '.join(FORMATS)}.")
     cols = columns or {}
-    conv = convert(data, cols)
+    conv = _from_sharegpt(data, cols, roles) if fmt == "sharegpt" else convert(data, cols)
     if system is not None and not (conv.messages and conv.messages[0].role == "system"):
         conv.messages.insert(0, Message("system", system))
     return conv
@@ -193,7 +201,8 @@ def _from_alpaca(data: dict[str, Any], cols: dict[str, str]) -> Conversation:
                 raise _wrong_type(f"{label}[{k}]", "a [user, assistant] pair of strings", pair)
             msgs += [Message("user", pair[0]), Message("assistant", pair[1])]
     user = _join(_str(data, cols, "instruction"), _str(data, cols, "input", optional=True))
-    return Conversation(msgs + [Message("user", user), Message("assistant", _str(data, cols, "output"))])
+    answer = Message("assistant", _str(data, cols, "output"))
+    return Conversation(msgs + [Message("user", user), answer], tools=_tools(data, cols))
 
 
 def _from_dolly(data: dict[str, Any], cols: dict[str, str]) -> Conversation:
@@ -237,7 +246,17 @@ def _from_openai(data: dict[str, Any], cols: dict[str, str]) -> Conversation:
     return Conversation(msgs, tools=_tools(data, cols))
 
 
-def _from_sharegpt(data: dict[str, Any], cols: dict[str, str]) -> Conversation:
+def speaker_roles(roles: dict[str, str] | None) -> dict[str, str]:
+    """Speaker name (lower-case) -> role: the file's own names from `roles` over the usual ones."""
+    if not roles:
+        return SHAREGPT_ROLES
+    return {**SHAREGPT_ROLES, **{speaker.lower(): role for role, speaker in roles.items()}}
+
+
+def _from_sharegpt(
+    data: dict[str, Any], cols: dict[str, str], roles: dict[str, str] | None = None
+) -> Conversation:
+    speakers = speaker_roles(roles)
     raw = _get(data, cols, "conversations", optional=True)
     label = cols.get("conversations", "conversations")
     if raw is None and "conversations" not in cols and "messages" in data:
@@ -260,10 +279,11 @@ def _from_sharegpt(data: dict[str, Any], cols: dict[str, str]) -> Conversation:
         who, value = turn[k_from], turn[k_value]
         if not isinstance(who, str):
             raise _wrong_type(f"{f}.{k_from}", "a string", who)
-        role = SHAREGPT_ROLES.get(who.lower())
+        role = speakers.get(who.lower())
         if role is None:
             raise RecordError("unknown_role", f"speaker {who!r} is not a known ShareGPT role.", f"{f}.{k_from}",
-                              f"use one of {', '.join(SHAREGPT_ROLES)}.")  # fmt: skip
+                              f"use one of {', '.join(speakers)}, or name the file's speakers with `roles:`, "
+                              f"e.g. roles: {{user: {who}}}.")  # fmt: skip
         if role == "function_call":
             msgs.append(Message("assistant", "", tool_calls=_parse_function_call(value, f"{f}.{k_value}")))
         elif isinstance(value, str):

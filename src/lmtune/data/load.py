@@ -30,6 +30,8 @@ from lmtune.data.validate import RecordError, validate_conversation
 from lmtune.errors import DataError
 
 ON_ERROR = ("skip", "fail")
+# What `roles:` may map: our roles plus ShareGPT's function_call turn (an assistant tool call).
+SHAREGPT_ROLE_KEYS = ("user", "assistant", "system", "tool", "function_call")
 
 
 def load_conversations(
@@ -62,6 +64,7 @@ def load_conversations(
         message, hint = wrong_task_message(fmt)
         raise DataError(message, file=file, hint=hint)
     _check_columns(fmt, columns, file=file)
+    _check_roles(fmt, roles, file=file)
 
     result = LoadResult(path=file, format=fmt, total=len(raws))
     name = Path(path).name
@@ -69,7 +72,7 @@ def load_conversations(
         reject = raw.error
         if raw.data is not None:
             try:
-                conv = _convert(raw.data, fmt, columns, system)
+                conv = _convert(raw.data, fmt, columns, system, roles)
             except RecordError as e:
                 reject = Reject(file, raw.index, raw.line, e.field, e.reason, str(e), raw.data)
             else:
@@ -86,10 +89,14 @@ def load_conversations(
 
 
 def _convert(
-    data: dict[str, Any], fmt: str, columns: dict[str, str] | None, system: str | None
+    data: dict[str, Any],
+    fmt: str,
+    columns: dict[str, str] | None,
+    system: str | None,
+    roles: dict[str, str] | None = None,
 ) -> Conversation:
     """Convert and validate before adding the default system prompt, so field indexes match the file."""
-    conv = to_conversation(data, fmt, columns=columns)
+    conv = to_conversation(data, fmt, columns=columns, roles=roles)
     validate_conversation(conv)
     if system is not None and conv.messages[0].role != "system":
         conv.messages.insert(0, Message("system", system))
@@ -125,6 +132,32 @@ def _check_columns(fmt: str, columns: dict[str, str] | None, *, file: str | None
             )
         if not isinstance(value, str) or not value:
             raise DataError(f"`columns:` value for '{key}' must be a field name, got {value!r}.", file=file)
+
+
+def _check_roles(fmt: str, roles: dict[str, str] | None, *, file: str | None = None) -> None:
+    """`roles` renames ShareGPT speakers; a typo in a role, or roles on another format, is an error."""
+    if not roles:
+        return
+    if fmt != "sharegpt":
+        raise DataError(
+            f"`roles:` names ShareGPT speakers, but this file is read as {fmt}.",
+            file=file,
+            hint="set `format: sharegpt` if the file holds {from, value} turns, or remove `roles:`.",
+        )
+    for role, speaker in roles.items():
+        if role not in SHAREGPT_ROLE_KEYS:
+            close = difflib.get_close_matches(role, SHAREGPT_ROLE_KEYS, n=1)
+            did = f" Did you mean '{close[0]}'?" if close else ""
+            raise DataError(
+                f"`roles:` maps '{role}', which is not a role.{did}",
+                file=file,
+                hint=f"the keys of `roles:` are {', '.join(SHAREGPT_ROLE_KEYS)}; the values are the "
+                "speaker names in your file, e.g. roles: {user: human, assistant: gpt}.",
+            )
+        if not isinstance(speaker, str) or not speaker:
+            raise DataError(
+                f"`roles:` value for '{role}' must be a speaker name, got {speaker!r}.", file=file
+            )
 
 
 def _reject_error(r: Reject) -> DataError:

@@ -41,8 +41,14 @@ class RawRecord:
     error: Reject | None = None  # why it could not be parsed
 
 
-def iter_raw_records(path: str | Path, *, text_split: str = "file") -> Iterator[RawRecord]:
-    """Yield the records of `path`, choosing the reader from the file extension."""
+def iter_raw_records(
+    path: str | Path, *, text_split: str = "file", header: bool = True
+) -> Iterator[RawRecord]:
+    """Yield the records of `path`, choosing the reader from the file extension.
+
+    `header=False` reads a CSV/TSV file whose first row is already data; its cells are then
+    named by position ("0", "1", ...).
+    """
     p = Path(path)
     suffix = p.suffix.lower()
     if suffix not in SUPPORTED:
@@ -69,7 +75,7 @@ def iter_raw_records(path: str | Path, *, text_split: str = "file") -> Iterator[
     if suffix in (".jsonl", ".ndjson"):
         return _read_jsonl_or_array(text, str(path))
     if suffix in (".csv", ".tsv"):
-        return _read_delimited(text, str(path), tsv=suffix == ".tsv")
+        return _read_delimited(text, str(path), tsv=suffix == ".tsv", header=header)
     return _read_txt(text, str(path), text_split)
 
 
@@ -238,8 +244,8 @@ def _array_records(items: list[Any], lines: list[int] | None, file: str) -> Iter
 # ---------------------------------------------------------------- CSV / TSV
 
 
-def _read_delimited(text: str, file: str, *, tsv: bool) -> Iterator[RawRecord]:
-    """Header row + rows, values as strings.
+def _read_delimited(text: str, file: str, *, tsv: bool, header: bool = True) -> Iterator[RawRecord]:
+    """Header row + rows, values as strings (without a header row, cells are named "0", "1", ...).
 
     TSV is read without quote handling (as GLUE/SST-2 and the IANA TSV definition do): with
     quoting on, one stray `"` at the start of a cell silently swallows every following row.
@@ -247,8 +253,18 @@ def _read_delimited(text: str, file: str, *, tsv: bool) -> Iterator[RawRecord]:
     kind = "TSV" if tsv else "CSV"
     # strict: an unterminated quote is an error, not a cell that silently swallows the rest of the file
     options: dict[str, Any] = {"delimiter": "\t", "quoting": csv.QUOTE_NONE} if tsv else {"strict": True}
+    # the default cell limit (131,072 characters) would reject long documents; no cell exceeds the file
+    csv.field_size_limit(max(csv.field_size_limit(), len(text) + 1))
     reader = csv.reader(io.StringIO(text, newline=""), **options)
     raw_lines = text.split("\n")
+    if not header:
+        try:
+            first = next((row for row in csv.reader(io.StringIO(text, newline=""), **options) if row), None)
+        except csv.Error as e:
+            raise DataError(f"cannot read the first {kind} row: {e}.", file=file, line=1) from None
+        if first is None:
+            raise DataError(f"the {kind} file is empty.", file=file, hint="put one row per record.")
+        return _delimited_rows(reader, [str(i) for i in range(len(first))], raw_lines, file, kind)
     try:
         header = next(reader, None)
         while header == []:

@@ -71,8 +71,8 @@ def load_file(spec: SourceSpec, task: str, *, on_error: str, text_split: str = "
     )
 
 
-def training_specs(data: Any) -> list[SourceSpec]:
-    """The files of data.path or data.datasets (registry names resolved), in config order."""
+def training_specs(data: Any, task: str = "sft") -> list[SourceSpec]:
+    """The files of data.path or data.datasets (registry names resolved for `task`), in config order."""
     if data.path is not None:
         return [
             SourceSpec(
@@ -90,7 +90,10 @@ def training_specs(data: Any) -> list[SourceSpec]:
         if entry.name is not None:
             from lmtune.data.registry import registry_spec
 
-            specs.append(registry_spec(data.registry, entry))
+            spec = registry_spec(data.registry, entry, task)
+            spec.system = spec.system if spec.system is not None else data.system
+            spec.limit = spec.limit if spec.limit is not None else data.limit
+            specs.append(spec)
         else:
             specs.append(
                 SourceSpec(
@@ -109,7 +112,7 @@ def training_specs(data: Any) -> list[SourceSpec]:
 
 def load_sources(data: Any, task: str, *, console: Any = None) -> Sources:
     """Read every training file and mix them as data.mix says (a single file is used as is)."""
-    specs = training_specs(data)
+    specs = training_specs(data, task)
     results = [load_file(s, task, on_error=data.on_error, text_split=data.text_split) for s in specs]
     per = [
         {

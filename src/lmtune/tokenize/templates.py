@@ -9,9 +9,10 @@ Fallbacks:
 - alpaca: "### Instruction:" / "### Response:" blocks; each response ends with the tokenizer's EOS.
   Both are token-prefix-stable: a conversation's prefix tokenises to a prefix of its tokens.
 
-Tools, for templates that do not know them (documented fallback): tool definitions are appended to
-the system message as JSON, and an assistant tool call is written into its content as
-`<tool_call>{"name": ..., "arguments": ...}</tool_call>`, one per call (the Hermes/Qwen convention).
+Tools, for templates that do not know them (documented fallback, docs/data.md): tool definitions
+are appended to the system message as JSON, and an assistant tool call is written into its content
+as `<tool_call>{"name": ..., "arguments": ...}</tool_call>`, one per call (the Hermes/Qwen
+convention). Templates that know `tool_calls` get them natively, with the arguments as a dict.
 """
 
 from __future__ import annotations
@@ -100,7 +101,7 @@ def to_template_messages(
         msg: dict[str, Any] = {"role": m["role"], "content": m.get("content") or ""}
         if m.get("tool_calls"):
             if native_calls:
-                msg["tool_calls"] = m["tool_calls"]
+                msg["tool_calls"] = [_dict_arguments(c) for c in m["tool_calls"]]
             else:
                 calls = "\n".join(_call_text(c) for c in m["tool_calls"])
                 msg["content"] = (msg["content"] + "\n" if msg["content"] else "") + calls
@@ -113,6 +114,19 @@ def to_template_messages(
     else:
         out.insert(0, {"role": "system", "content": listing})
     return out, None
+
+
+def _dict_arguments(call: dict[str, Any]) -> dict[str, Any]:
+    """The call with JSON-string arguments parsed: chat templates (transformers' convention) expect
+    `arguments` as a mapping and render it with `| tojson`; a string would be quoted twice."""
+    fn = call.get("function")
+    args = fn.get("arguments") if isinstance(fn, dict) else None
+    if isinstance(args, str):
+        with contextlib.suppress(json.JSONDecodeError):
+            parsed = json.loads(args)
+            if isinstance(parsed, dict):
+                return {**call, "function": {**fn, "arguments": parsed}}
+    return call
 
 
 def _call_text(call: dict[str, Any]) -> str:

@@ -78,8 +78,10 @@ class Session:
         self.parent: dict[str, Any] | None = None  # the marker of the run `model.name` points at
 
     # -- data ---------------------------------------------------------------------------------
-    def load_data(self) -> RunData:
-        """Training records (mixed when there are several files), validation records, rejects."""
+    def load_data(self, *, split: bool = True) -> RunData:
+        """Training records (mixed when there are several files), validation records, rejects.
+
+        `split=False` leaves data.val_size to the task (pretrain splits documents or blocks)."""
         from lmtune.data.sources import SourceSpec, load_file, load_sources
         from lmtune.data.split import split_records
 
@@ -102,7 +104,7 @@ class Session:
             rejects += val_load.rejects
             val = val_load.records
             self.console.print(f"Validation file {d.val_path}: {len(val)} of {val_load.total} records usable")
-        elif d.val_size:
+        elif d.val_size and split:
             size = int(d.val_size) if d.val_size >= 1 else d.val_size
             n = len(train)
             train, val, _ = split_records(train, val_size=size, seed=d.seed)

@@ -1,0 +1,181 @@
+"""Raw text for continued pretraining (`task: pretrain`): files in, `TextDocument`s out.
+
+A document is the unit the tokenizer's separators go around (see `lmtune.tokenize.blocks`) and the
+unit a validation split is drawn from, so no block mixes training and validation text:
+
+- .txt: the whole file is one document (text_split: document), or every non-empty line is one
+  (text_split: line; for files with one document per line, such as a dump of web pages);
+- .json / .jsonl / .parquet / .csv / .tsv: one document per record, from its `text` field, or the
+  field `columns: {text: body}` names (dotted paths reach nested fields: `columns: {text: doc.body}`).
+  LLaMA-Factory's registry spells the same mapping `columns: {prompt: body}`, accepted as well.
+
+Records without usable text (missing, empty, not a string) become `Reject`s, like every loader's.
+A file of conversations or preference pairs is the wrong task altogether and fails once, up front,
+with the task it belongs to, instead of rejecting every record.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+from lmtune.data.formats import _MISSING, SFT_FORMATS, _resolve, detect_format
+from lmtune.data.load import _raise_nothing_valid, _reject_error
+from lmtune.data.readers import iter_raw_records
+from lmtune.data.records import LoadResult, Reject
+from lmtune.errors import DataError
+
+TEXT_SPLITS = {"document": "file", "line": "line"}  # config name -> readers.py name
+_TEXT_KEYS = ("text", "prompt")  # `columns:` keys naming the text field (prompt: LLaMA-Factory's name)
+
+
+@dataclass
+class TextDocument:
+    """One document of raw text; `source` is "file.txt#N" (1-based record number in the file)."""
+
+    text: str
+    source: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"text": self.text}
+
+
+def load_texts(
+    path: str | Path,
+    *,
+    format: str = "auto",
+    columns: dict[str, str] | None = None,
+    roles: dict[str, str] | None = None,  # noqa: ARG001 - the shared loader contract (lmtune.data.sources)
+    on_error: str = "skip",
+    system: str | None = None,  # noqa: ARG001 - no system prompt in raw text
+    limit: int | None = None,
+    text_split: str = "document",
+) -> LoadResult:
+    """Read `path` into text documents; `limit` caps the records (lines, in line mode) read."""
+    file = str(path)
+    _check_options(format, on_error, limit, text_split)
+    field = _text_field(columns, file)
+    is_txt = Path(path).suffix.lower() == ".txt"
+    if is_txt and field != "text":
+        raise DataError(
+            "`columns:` does not apply to a .txt file: its whole text (or each line) is the document.",
+            file=file,
+            hint="remove `columns:` for this file.",
+        )
+    raws = list(islice(iter_raw_records(path, text_split=TEXT_SPLITS[text_split]), limit))
+    if not raws:
+        raise DataError(
+            "the file holds no text." if is_txt else "the file holds no records.",
+            file=file,
+            hint="check that it is the file you meant.",
+        )
+    if not is_txt:
+        _check_is_text(raws, field, file)
+
+    result = LoadResult(path=file, format="text", total=len(raws))
+    name = Path(path).name
+    for raw in raws:
+        reject = raw.error
+        if raw.data is not None:
+            value = _resolve(raw.data, field)
+            reject = _bad_text(value, field, columns)
+            if reject is None:
+                result.records.append(TextDocument(value, source=f"{name}#{raw.index}"))
+                continue
+            reject.file, reject.record, reject.line, reject.raw = file, raw.index, raw.line, raw.data
+        assert reject is not None
+        if on_error == "fail":
+            raise _reject_error(reject)
+        result.rejects.append(reject)
+    if not result.records:
+        _raise_nothing_valid(file, list(result.rejects), result.total)
+    return result
+
+
+def _check_options(format: str, on_error: str, limit: int | None, text_split: str) -> None:
+    if format not in ("auto", "text"):
+        raise DataError(
+            f"format '{format}' is not raw text; task: pretrain reads plain text.",
+            hint="use format: text (or auto) with a 'text' field per record or a .txt file; "
+            f"for {format} data use the task it belongs to (sft, classification or preference).",
+        )
+    if on_error not in ("skip", "fail"):
+        raise DataError(
+            f"unknown on_error '{on_error}'.", hint="use skip (keep going, write rejects) or fail."
+        )
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise DataError(
+            f"limit must be a whole number >= 1, got {limit!r}.", hint="leave it out to read every record."
+        )
+    if text_split not in TEXT_SPLITS:
+        raise DataError(f"unknown text_split '{text_split}'.", hint="use document or line.")
+
+
+def _text_field(columns: dict[str, str] | None, file: str) -> str:
+    """The record field holding the text: 'text' unless `columns:` maps it."""
+    cols = dict(columns or {})
+    unknown = [k for k in cols if k not in _TEXT_KEYS]
+    if unknown or len(cols) > 1:
+        raise DataError(
+            f"`columns:` for raw text maps only 'text', got {sorted(cols)}.",
+            file=file,
+            hint="write columns: {text: <the field holding your text>}.",
+        )
+    field = next(iter(cols.values()), "text")
+    if not isinstance(field, str) or not field:
+        raise DataError(f"`columns:` value for 'text' must be a field name, got {field!r}.", file=file)
+    return field
+
+
+def _check_is_text(raws: list[Any], field: str, file: str) -> None:
+    """Fail once when no record of the first 20 has the text field, naming what the file looks like."""
+    samples = [r.data for r in raws if r.data is not None][:20]
+    if not samples or any(_resolve(s, field) is not _MISSING for s in samples):
+        return  # unparsable records are rejected one by one below
+    keys = list(dict.fromkeys(k for s in samples for k in s))[:15]
+    try:
+        fmt = detect_format(samples, file=file)
+    except DataError:
+        fmt = None
+    if fmt is None and {"messages", "conversations"} & set(keys) and "label" in keys:
+        fmt = "preference"  # KTO: one answer per record with a true/false label
+    if fmt in SFT_FORMATS:
+        message = f"the records are {fmt} conversations or instructions (keys {keys}), not raw text."
+        hint = "set `task: sft` for this data, or map the field holding plain text with columns: {text: <field>}."
+    elif fmt == "preference":
+        message = f"the records are preference data (keys {keys}), not raw text."
+        hint = (
+            "set `task: preference` for this data, or map a plain-text field with columns: {text: <field>}."
+        )
+    else:
+        label = " A 'label' field suggests `task: classification`." if "label" in keys else ""
+        message = f"the records have no '{field}' field (keys {keys}).{label}"
+        hint = "name the field holding the text with columns: {text: <field>}, e.g. columns: {text: body}."
+    raise DataError(message, file=file, hint=hint)
+
+
+def _bad_text(value: Any, field: str, columns: dict[str, str] | None) -> Reject | None:
+    """A Reject (location filled in by the caller) when `value` is no usable text, else None."""
+    if value is _MISSING:
+        mapped = " (mapped with `columns:`)" if columns else ""
+        reason, message = (
+            "missing_field",
+            (
+                f"the record has no '{field}' field{mapped}. Fix: add '{field}' to every record, "
+                "or point `columns: {text: ...}` at the field holding the text."
+            ),
+        )
+    elif not isinstance(value, str):
+        kind = "null" if value is None else type(value).__name__
+        shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+        reason, message = (
+            "wrong_type",
+            f"'{field}' must be a string, got {kind} {shown}. Fix: store it as text.",
+        )
+    elif not value.strip():
+        reason, message = "empty_text", f"'{field}' is empty. Fix: remove the record or fill in its text."
+    else:
+        return None
+    return Reject(file="", record=None, line=None, field=field, reason=reason, message=message)
