@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -81,7 +83,7 @@ def test_reference_covers_every_field():
     ref = config_reference()
     for section, sfield in RunConfig.model_fields.items():
         if section == "task":
-            assert "| `task` | sft, pretrain, classification, preference | `\"sft\"` |" in ref
+            assert '| `task` | sft, pretrain, classification, preference | `"sft"` |' in ref
             continue
         assert f"## {section}" in ref
         for name in sfield.annotation.model_fields:
@@ -133,3 +135,31 @@ def test_prefix_tuning_refuses_gradient_checkpointing(tmp_path):
         load_config(write(tmp_path, raw))
     raw["method"]["name"] = "prompt"
     assert load_config(write(tmp_path, raw)).train.gradient_checkpointing
+
+
+def test_plain_dataset_strings_are_registry_names_or_files(tmp_path):
+    cfg = load_config(
+        write(
+            tmp_path,
+            {
+                "data": {
+                    "registry": "info/dataset_info.json",
+                    "datasets": ["alpaca_en_demo", "belle_0.5m", "mine.jsonl"],
+                }
+            },
+        )
+    )
+    assert [(d.name, d.path) for d in cfg.data.datasets] == [
+        ("alpaca_en_demo", None),
+        ("belle_0.5m", None),
+        (None, str((tmp_path / "mine.jsonl").resolve())),
+    ]
+    assert cfg.data.registry == str((tmp_path / "info/dataset_info.json").resolve())
+    no_registry = load_config(
+        write(tmp_path, {"data": {"datasets": ["a.jsonl", {"path": "b.csv", "weight": 2}]}})
+    )
+    assert [Path(d.path).name for d in no_registry.data.datasets] == ["a.jsonl", "b.csv"]
+    with pytest.raises(ConfigError, match="exactly one of path"):
+        load_config(write(tmp_path, {"data": {"datasets": [{"path": "a.jsonl", "name": "x"}]}}))
+    with pytest.raises(ConfigError, match="data.path or data.datasets, not both"):
+        load_config(write(tmp_path, {"data": {"path": "a.jsonl", "datasets": ["b.jsonl"]}}))

@@ -53,6 +53,7 @@ DATA_FORMATS = (
     "openai_preference",
     "kto",
 )
+DATA_FILE_SUFFIXES = (".json", ".jsonl", ".ndjson", ".csv", ".tsv", ".parquet", ".txt")
 DataFormat = Literal[DATA_FORMATS]  # type: ignore[valid-type]
 
 
@@ -99,7 +100,8 @@ class DataSection(Section):
     datasets: list[DatasetEntry] = Field(
         default_factory=list,
         description="Several training files mixed together, each {path or name, format, columns, roles, "
-        "system, limit, weight}. A plain string is a registry name when data.registry is set, else a path.",
+        "system, limit, weight}. A plain string is a path when it ends in a data-file extension (.jsonl ...), "
+        "otherwise a registry name when data.registry is set.",
     )
     mix: Literal["concat", "interleave"] = Field(
         "concat",
@@ -173,10 +175,17 @@ class DataSection(Section):
     @model_validator(mode="before")
     @classmethod
     def _string_datasets(cls, data: Any) -> Any:
-        """`datasets: [alpaca_en_demo, more.jsonl]`: names with a registry, paths without one."""
+        """`datasets: [alpaca_en_demo, more.jsonl]`: a string with a data-file extension is a path,
+        any other a registry name when data.registry is set (else a path)."""
         if isinstance(data, dict) and isinstance(data.get("datasets"), list):
-            key = "name" if data.get("registry") else "path"
-            data = {**data, "datasets": [{key: d} if isinstance(d, str) else d for d in data["datasets"]]}
+
+            def entry(d: Any) -> Any:
+                if not isinstance(d, str):
+                    return d
+                is_file = d.lower().endswith(DATA_FILE_SUFFIXES)
+                return {"name": d} if data.get("registry") and not is_file else {"path": d}
+
+            data = {**data, "datasets": [entry(d) for d in data["datasets"]]}
         return data
 
 
