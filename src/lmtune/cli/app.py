@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from lmtune.cli import config_cmd, data_cmd, infer_cmd, models_cmd, train_cmd
+from lmtune.cli import config_cmd, data_cmd, infer_cmd, models_cmd, predict_cmd, train_cmd
 
 app = typer.Typer(
     name="lmtune",
@@ -21,6 +21,7 @@ app.add_typer(models_cmd.app, name="models", help="Prepare models (GGUF import).
 app.command("train")(train_cmd.train)
 app.command("chat")(infer_cmd.chat)
 app.command("generate")(infer_cmd.generate)
+app.command("predict")(predict_cmd.predict)
 
 
 @app.callback()

@@ -23,8 +23,9 @@ def chat(
 ) -> None:
     """Interactive terminal chat with the same chat template the run was trained with."""
     from lmtune.infer.chat import chat_loop
-    from lmtune.run.load import load_target
+    from lmtune.run.load import load_target, require_generative
 
+    require_generative(target, "chat")
     loaded = load_target(target)
     typer.echo(f"Chatting with {loaded.name}.")
     chat_loop(
@@ -48,8 +49,9 @@ def generate(
 ) -> None:
     """Answer one or more prompts and print the replies (greedy by default)."""
     from lmtune.infer.generate import generate_replies, with_system
-    from lmtune.run.load import load_target
+    from lmtune.run.load import load_target, require_generative
 
+    require_generative(target, "generate")
     loaded = load_target(target, quiet=True)
     convs = [with_system([{"role": "user", "content": p}], system) for p in prompt]
     replies = generate_replies(

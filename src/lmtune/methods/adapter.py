@@ -11,6 +11,9 @@ unchanged until training moves it. Everything else stays frozen.
        └──────────────── residual ─────────────────┘   └────────────────── residual ──────────────────┘
                               houlsby only ─^                            houlsby and pfeiffer ─^
     [A]: y -> y + up(act(down(y))), a child of self_attn / mlp, applied by a forward hook on it.
+
+For task: classification (a decoder with a `score` head) the head trains in full and is saved in
+the adapter file too.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from torch import nn
 
 from lmtune import __version__
 from lmtune.errors import ConfigError, ModelError
-from lmtune.methods.base import Method, register
+from lmtune.methods.base import Method, head_parameter_names, register
 
 WEIGHTS = "bottleneck_adapter.safetensors"
 CONFIG = "bottleneck_adapter.json"
@@ -103,8 +106,9 @@ def _hidden_size(model: nn.Module) -> int:
 
 
 def adapter_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The adapter weights, keyed by their parameter names in `model`."""
-    return {n: p.detach() for n, p in model.named_parameters() if f".{CHILD}." in f".{n}"}
+    """The adapter weights, keyed by their parameter names in `model` (with a classifier's head)."""
+    head = set(head_parameter_names(model))
+    return {n: p.detach() for n, p in model.named_parameters() if f".{CHILD}." in f".{n}" or n in head}
 
 
 @register
@@ -120,13 +124,18 @@ class Adapter(Method):
     def check(self, model: Any, opts: Any) -> None:
         decoder_layers(model)
 
-    def prepare(self, model: Any, opts: Any) -> Any:
+    def prepare(self, model: Any, opts: Any, *, task: str = "sft") -> Any:
         size = opts.bottleneck_size or max(1, _hidden_size(model) // opts.reduction_factor)
         model.requires_grad_(False)
         for adapter in insert_adapters(
             model, adapter_type=opts.adapter_type, size=size, non_linearity=opts.non_linearity
         ):
             adapter.requires_grad_(True)
+        if task == "classification":
+            head = set(head_parameter_names(model))
+            for name, param in model.named_parameters():
+                if name in head:
+                    param.requires_grad_(True)
         # Recorded for save(): the resolved size and the options it came from.
         model._lmtune_adapter = {
             "adapter_type": opts.adapter_type,
@@ -146,7 +155,7 @@ class Adapter(Method):
         save_file(tensors, str(out_dir / WEIGHTS), metadata={"format": "pt"})
         (out_dir / CONFIG).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
 
-    def load(self, base: Any, run_dir: Path) -> Any:
+    def load(self, base: Any, run_dir: Path, *, task: str = "sft") -> Any:
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 

@@ -4,6 +4,10 @@ A run calls, in order: `load_kwargs` (extra `from_pretrained` arguments, e.g. 4-
 `check` (refuse a model the method cannot train, before any time is spent), `prepare` (the model
 to train, with exactly the intended parameters trainable), `save` (what was trained, into the run
 directory). `lmtune chat` and the other verbs call `load_kwargs` and `load` to rebuild the model.
+
+`prepare` and `load` take the run's `task`. For task: classification the model is a
+*ForSequenceClassification with a new, randomly started head (`classifier` / `score`): every
+method trains that head in full besides its own parameters, and saves it with them.
 """
 
 from __future__ import annotations
@@ -37,14 +41,14 @@ class Method(ABC):
         """
 
     @abstractmethod
-    def prepare(self, model: Any, opts: Any) -> Any:
+    def prepare(self, model: Any, opts: Any, *, task: str = "sft") -> Any:
         """Return the model to train, with exactly the intended parameters trainable."""
 
     def save(self, model: Any, out_dir: Path) -> None:
         model.save_pretrained(out_dir)
 
     @abstractmethod
-    def load(self, base: Any, run_dir: Path) -> Any:
+    def load(self, base: Any, run_dir: Path, *, task: str = "sft") -> Any:
         """Put what was trained back on `base` (methods that save full weights return it as is)."""
 
 
@@ -59,22 +63,41 @@ class PeftMethod(Method):
     needs_base = True
 
     @abstractmethod
-    def peft_config(self, model: Any, opts: Any) -> Any:
-        """The PEFT config for `model` and the method options."""
+    def peft_config(self, model: Any, opts: Any, task: str = "sft") -> Any:
+        """The PEFT config for `model`, the method options and the task (see `peft_task_type`)."""
 
     def fix(self, model: Any) -> Any:
         """Repair what PEFT gets wrong for this method, on the prepared and on the loaded model."""
         return model
 
-    def prepare(self, model: Any, opts: Any) -> Any:
+    def prepare(self, model: Any, opts: Any, *, task: str = "sft") -> Any:
         from peft import get_peft_model
 
-        return self.fix(get_peft_model(model, self.peft_config(model, opts)))
+        return self.fix(get_peft_model(model, self.peft_config(model, opts, task)))
 
-    def load(self, base: Any, run_dir: Path) -> Any:
+    def load(self, base: Any, run_dir: Path, *, task: str = "sft") -> Any:
         from peft import PeftModel
 
+        # The saved adapter_config.json names its task type; PEFT picks the wrapper from it.
         return self.fix(PeftModel.from_pretrained(base, str(run_dir)))
+
+
+def peft_task_type(task: str) -> Any:
+    """PEFT's task type: SEQ_CLS wraps a classifier so its head (`classifier`/`score`) is trained in
+    full and saved with the adapter (PEFT adds it to modules_to_save); CAUSAL_LM otherwise."""
+    from peft import TaskType
+
+    return TaskType.SEQ_CLS if task == "classification" else TaskType.CAUSAL_LM
+
+
+def head_parameter_names(model: Any) -> list[str]:
+    """Names of the classification head's parameters ([] for a model that is not a classifier)."""
+    from lmtune.models.classifier import head_module, is_classifier
+
+    found = head_module(model) if is_classifier(model) else None
+    if found is None:
+        return []
+    return [f"{found[0]}.{n}" for n, _ in found[1].named_parameters()]
 
 
 _REGISTRY: dict[str, type[Method]] = {}

@@ -2,7 +2,8 @@
 
 The run directory holds just the trained biases (bitfit.safetensors, a few KB to MB); loading
 puts them back on the base. Llama-family models have no bias terms at all, so there the method is
-refused up front instead of "training" nothing.
+refused up front instead of "training" nothing. For task: classification the new head trains in
+full and is saved with the biases.
 """
 
 from __future__ import annotations
@@ -11,13 +12,18 @@ from pathlib import Path
 from typing import Any
 
 from lmtune.errors import ConfigError, ModelError
-from lmtune.methods.base import Method, register
+from lmtune.methods.base import Method, head_parameter_names, register
 
 WEIGHTS = "bitfit.safetensors"
 
 
 def bias_names(model: Any) -> list[str]:
     return [n for n, _ in model.named_parameters() if n.rsplit(".", 1)[-1] == "bias"]
+
+
+def trained_names(model: Any) -> list[str]:
+    """The biases, and a classifier's whole head (it starts random)."""
+    return list(dict.fromkeys([*bias_names(model), *head_parameter_names(model)]))
 
 
 @register
@@ -35,25 +41,26 @@ class BitFit(Method):
                 "(norm weights only, a similarly small update) or method.name: lora."
             )
 
-    def prepare(self, model: Any, opts: Any) -> Any:
-        biases = set(bias_names(model))
+    def prepare(self, model: Any, opts: Any, *, task: str = "sft") -> Any:
+        trained = set(bias_names(model))
+        if task == "classification":
+            trained |= set(head_parameter_names(model))
         for name, param in model.named_parameters():
-            param.requires_grad_(name in biases)
+            param.requires_grad_(name in trained)
         return model
 
     def save(self, model: Any, out_dir: Path) -> None:
         from safetensors.torch import save_file
 
-        state = {
-            n: p.detach().contiguous() for n, p in model.named_parameters() if n in set(bias_names(model))
-        }
+        names = set(trained_names(model))
+        state = {n: p.detach().contiguous() for n, p in model.named_parameters() if n in names}
         save_file(state, str(out_dir / WEIGHTS), metadata={"format": "pt", "lmtune_method": "bitfit"})
 
-    def load(self, base: Any, run_dir: Path) -> Any:
+    def load(self, base: Any, run_dir: Path, *, task: str = "sft") -> Any:
         from safetensors.torch import load_file
 
         state = load_file(str(run_dir / WEIGHTS))
-        expected = set(bias_names(base))
+        expected = set(trained_names(base))
         if set(state) != expected:
             raise ModelError(
                 f"{run_dir / WEIGHTS} does not match the base model's biases "

@@ -1,6 +1,8 @@
 """Partial fine-tuning: the last N decoder layers (and any named extra modules) train in full.
 
 The run directory holds a complete model folder, like `full`: the frozen part is copied as is.
+For task: classification the head (and an encoder's pooler, which sits between the last layer and
+the head) trains too.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from lmtune.errors import ConfigError
-from lmtune.methods.base import Method, register
+from lmtune.methods.base import Method, head_parameter_names, register
 
 
 def decoder_layers(model: Any) -> tuple[str, Any]:
@@ -56,14 +58,18 @@ class Freeze(Method):
             )
         match_modules(model, opts.extra_modules, "method.extra_modules")
 
-    def prepare(self, model: Any, opts: Any) -> Any:
+    def prepare(self, model: Any, opts: Any, *, task: str = "sft") -> Any:
         prefix, layers = decoder_layers(model)
         first = len(layers) - opts.trainable_layers
         chosen = [f"{prefix}.{i}" for i in range(first, len(layers))]
         chosen += match_modules(model, opts.extra_modules, "method.extra_modules")
+        head: set[str] = set()
+        if task == "classification":
+            head = set(head_parameter_names(model))
+            chosen += [n for n, _ in model.named_modules() if n == "pooler" or n.endswith(".pooler")]
         for name, param in model.named_parameters():
-            param.requires_grad_(any(name.startswith(m + ".") for m in chosen))
+            param.requires_grad_(name in head or any(name.startswith(m + ".") for m in chosen))
         return model
 
-    def load(self, base: Any, run_dir: Path) -> Any:
+    def load(self, base: Any, run_dir: Path, *, task: str = "sft") -> Any:
         return base

@@ -14,10 +14,10 @@ class Full(Method):
     mergeable = True  # nothing to merge: the weights are already the model
     needs_base = False
 
-    def prepare(self, model: Any, cfg: Any) -> Any:
+    def prepare(self, model: Any, cfg: Any, *, task: str = "sft") -> Any:
         for p in model.parameters():
             p.requires_grad_(True)
         return model
 
-    def load(self, base: Any, run_dir: Path) -> Any:
+    def load(self, base: Any, run_dir: Path, *, task: str = "sft") -> Any:
         return base

@@ -18,7 +18,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from lmtune.methods.base import PeftMethod, register
+from lmtune.methods.base import PeftMethod, peft_task_type, register
 
 # PEFT advises converting PiSSA/OLoRA adapters to plain LoRA; `save` below always does.
 warnings.filterwarnings("ignore", message="(PiSSA|OLoRA) changes the base weights", category=UserWarning)
@@ -34,11 +34,12 @@ class LoRA(PeftMethod):
     def __init__(self) -> None:
         self._initial_adapter: Path | None = None  # PiSSA/OLoRA starting point, for the save conversion
 
-    def peft_config(self, model: Any, opts: Any) -> Any:
-        from peft import LoraConfig, TaskType
+    def peft_config(self, model: Any, opts: Any, task: str = "sft") -> Any:
+        from peft import LoraConfig
 
+        # all-linear leaves out the output head; for SEQ_CLS PEFT trains and saves it in full.
         return LoraConfig(
-            task_type=TaskType.CAUSAL_LM,
+            task_type=peft_task_type(task),
             r=opts.r,
             lora_alpha=opts.alpha,
             lora_dropout=opts.dropout,
@@ -46,12 +47,12 @@ class LoRA(PeftMethod):
             use_rslora=opts.use_rslora,
             use_dora=opts.use_dora,
             init_lora_weights=INIT[opts.init],
-            modules_to_save=opts.modules_to_save or None,
+            modules_to_save=list(opts.modules_to_save) or None,  # a copy: PEFT extends it
             bias="none",
         )
 
-    def prepare(self, model: Any, opts: Any) -> Any:
-        peft_model = super().prepare(model, opts)
+    def prepare(self, model: Any, opts: Any, *, task: str = "sft") -> Any:
+        peft_model = super().prepare(model, opts, task=task)
         if opts.init in ("pissa", "olora"):
             # PEFT's conversion wants the initial adapter saved as a plain LoRA (init flag True).
             self._initial_adapter = Path(tempfile.mkdtemp(prefix="lmtune-lora-init-")) / "initial"
@@ -95,16 +96,16 @@ class QLoRA(LoRA):
     def check(self, model: Any, opts: Any) -> None:
         _no_cpu_repacking(model)  # before anything (the base-model checks) runs it in eval mode
 
-    def prepare(self, model: Any, opts: Any) -> Any:
+    def prepare(self, model: Any, opts: Any, *, task: str = "sft") -> Any:
         from peft import prepare_model_for_kbit_training
 
         # Norms and embeddings go to float32 for stable training; gradient checkpointing is the
         # Trainer's to switch on (train.gradient_checkpointing), not this helper's.
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-        return super().prepare(_no_cpu_repacking(model), opts)
+        return super().prepare(_no_cpu_repacking(model), opts, task=task)
 
-    def load(self, base: Any, run_dir: Path) -> Any:
-        return super().load(_no_cpu_repacking(base), run_dir)
+    def load(self, base: Any, run_dir: Path, *, task: str = "sft") -> Any:
+        return super().load(_no_cpu_repacking(base), run_dir, task=task)
 
 
 def _no_cpu_repacking(model: Any) -> Any:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
-from lmtune.methods.base import PeftMethod, register
+from lmtune.methods.base import PeftMethod, peft_task_type, register
 
 # LN tuning warns on any norm class it does not list (e.g. LlamaRMSNorm); it only copies the module,
 # and tests/methods/test_every_method.py shows RMSNorm copies train, save and reload exactly.
@@ -27,8 +27,8 @@ class _Mergeable(PeftMethod):
 class IA3(_Mergeable):
     name = "ia3"
 
-    def peft_config(self, model: Any, opts: Any) -> Any:
-        from peft import IA3Config, TaskType
+    def peft_config(self, model: Any, opts: Any, task: str = "sft") -> Any:
+        from peft import IA3Config
         from peft.utils import TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING as FF
 
         targets = opts.target_modules
@@ -38,10 +38,10 @@ class IA3(_Mergeable):
             default_ff = FF.get(getattr(model.config, "model_type", ""), [])
             feedforward = [t for t in targets if t in default_ff]
         return IA3Config(
-            task_type=TaskType.CAUSAL_LM,
+            task_type=peft_task_type(task),
             target_modules=targets,
             feedforward_modules=feedforward,
-            modules_to_save=opts.modules_to_save or None,
+            modules_to_save=list(opts.modules_to_save) or None,  # a copy: PEFT extends it for SEQ_CLS
         )
 
 
@@ -49,7 +49,21 @@ class IA3(_Mergeable):
 class LNTuning(_Mergeable):
     name = "ln_tuning"
 
-    def peft_config(self, model: Any, opts: Any) -> Any:
-        from peft import LNTuningConfig, TaskType
+    def peft_config(self, model: Any, opts: Any, task: str = "sft") -> Any:
+        from peft import LNTuningConfig
+        from peft.utils import TRANSFORMERS_MODELS_TO_LNTUNING_TARGET_MODULES_MAPPING as DEFAULTS
 
-        return LNTuningConfig(task_type=TaskType.CAUSAL_LM, target_modules=opts.target_modules)
+        targets = opts.target_modules
+        if targets is None and getattr(model.config, "model_type", "") not in DEFAULTS:
+            targets = norm_layer_names(model)  # PEFT has no default for e.g. BERT encoders
+        return LNTuningConfig(task_type=peft_task_type(task), target_modules=targets)
+
+
+def norm_layer_names(model: Any) -> list[str] | None:
+    """Leaf names of the model's normalisation layers (BERT: LayerNorm), or None if it has none."""
+    names = {
+        name.rsplit(".", 1)[-1]
+        for name, module in model.named_modules()
+        if name and type(module).__name__.endswith(("LayerNorm", "RMSNorm"))
+    }
+    return sorted(names) or None

@@ -14,7 +14,7 @@ import warnings
 from typing import Any
 
 from lmtune.errors import ConfigError
-from lmtune.methods.base import PeftMethod, register
+from lmtune.methods.base import PeftMethod, peft_task_type, register
 
 # We give prompt/P-tuning their position ids back in generation (`_keep_positions`), so PEFT's warning
 # that it drops them would mislead every chat user.
@@ -37,11 +37,11 @@ class PrefixTuning(_PromptLearning):
         "not a change to any weight."
     )
 
-    def peft_config(self, model: Any, opts: Any) -> Any:
-        from peft import PrefixTuningConfig, TaskType
+    def peft_config(self, model: Any, opts: Any, task: str = "sft") -> Any:
+        from peft import PrefixTuningConfig
 
         return PrefixTuningConfig(
-            task_type=TaskType.CAUSAL_LM,
+            task_type=peft_task_type(task),
             num_virtual_tokens=opts.num_virtual_tokens,
             prefix_projection=opts.prefix_projection,
             encoder_hidden_size=opts.encoder_hidden_size or _hidden_size(model),
@@ -86,21 +86,21 @@ class PromptTuning(_PromptLearning):
         if opts.prompt_init == "text":
             _text_token_ids(model, opts.prompt_init_text, opts.num_virtual_tokens)
 
-    def peft_config(self, model: Any, opts: Any) -> Any:
-        from peft import PromptTuningConfig, PromptTuningInit, TaskType
+    def peft_config(self, model: Any, opts: Any, task: str = "sft") -> Any:
+        from peft import PromptTuningConfig, PromptTuningInit
 
         # Text init is done by `prepare` from the base's own tokenizer: PEFT's would load a tokenizer
         # by path again on every trainable reload, and add special tokens (a BOS) to the text.
         return PromptTuningConfig(
-            task_type=TaskType.CAUSAL_LM,
+            task_type=peft_task_type(task),
             num_virtual_tokens=opts.num_virtual_tokens,
             prompt_tuning_init=PromptTuningInit.RANDOM,
         )
 
-    def prepare(self, model: Any, opts: Any) -> Any:
+    def prepare(self, model: Any, opts: Any, *, task: str = "sft") -> Any:
         import torch
 
-        peft_model = super().prepare(model, opts)
+        peft_model = super().prepare(model, opts, task=task)
         if opts.prompt_init == "text":
             ids = torch.tensor(_text_token_ids(model, opts.prompt_init_text, opts.num_virtual_tokens))
             words = model.get_input_embeddings().weight
@@ -143,11 +143,11 @@ class PTuning(_PromptLearning):
         "not a change to any weight."
     )
 
-    def peft_config(self, model: Any, opts: Any) -> Any:
-        from peft import PromptEncoderConfig, PromptEncoderReparameterizationType, TaskType
+    def peft_config(self, model: Any, opts: Any, task: str = "sft") -> Any:
+        from peft import PromptEncoderConfig, PromptEncoderReparameterizationType
 
         return PromptEncoderConfig(
-            task_type=TaskType.CAUSAL_LM,
+            task_type=peft_task_type(task),
             num_virtual_tokens=opts.num_virtual_tokens,
             encoder_reparameterization_type=PromptEncoderReparameterizationType[opts.encoder.upper()],
             encoder_hidden_size=opts.encoder_hidden_size or _hidden_size(model),

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lmtune.errors import ModelError
-from lmtune.models.aliases import ALIASES, alias_gguf_path, get_alias
+from lmtune.models.aliases import ALIASES, alias_folder_path, alias_gguf_path, get_alias
 
 RUN_MARKER = "lmtune_run.json"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -115,6 +115,9 @@ def _resolve_folder(text: str, folder: Path) -> ModelRef:
 
 def _resolve_alias(text: str, *, use_cache: bool) -> ModelRef:
     alias = get_alias(text)
+    if alias.folder_name:  # a ready model folder inside the package: used in place
+        folder = alias_folder_path(alias.name)
+        return ModelRef(spec=text, kind="alias", path=str(folder), gguf_file=None, display=alias.name)
     gguf = alias_gguf_path(alias.name)
     if not use_cache:
         return ModelRef(

@@ -1,7 +1,8 @@
 """Load any target for inference: a run directory, an alias, a .gguf file, a folder or a hub id.
 
 A run directory is loaded as its base model plus what the run trained, with the tokenizer (and so
-the chat template) saved in the run, which is the one it was trained with.
+the chat template) saved in the run, which is the one it was trained with. A classification run
+loads as its sequence-classification model (the labels come from the run's marker).
 """
 
 from __future__ import annotations
@@ -36,22 +37,60 @@ def load_target(
             spec=str(run_dir), kind="folder", path=str(run_dir), gguf_file=None, display=run_dir.name
         )
         tokenizer = load_tokenizer(own)
+        task = info.get("task", "sft")
+        loader: Any = load_causal_lm
+        if task == "classification":
+            loader = _classifier_loader(run_dir, info, tokenizer)
         if method.needs_base:
             opts = method_options(info["method"], info.get("method_options"))
-            base = load_causal_lm(
+            base = loader(
                 resolve_model_ref(info["base_model"]),
                 dtype=dtype,
                 device=device,
                 quiet=quiet,
                 **method.load_kwargs(opts, bf16=info.get("bf16", False)),
             )
-            model = method.load(base, run_dir)
+            model = method.load(base, run_dir, task=task)
         else:
-            model = load_causal_lm(own, dtype=dtype, device=device, quiet=quiet)
+            model = loader(own, dtype=dtype, device=device, quiet=quiet)
         model.eval()
+        if task == "classification":
+            from lmtune.models.classifier import pad_left_for_last_token
+
+            pad_left_for_last_token(model, tokenizer)
         return LoadedTarget(model, tokenizer, run_dir.name, info)
     ref = resolve_model_ref(target)
     tokenizer = load_tokenizer(ref)
     model = load_causal_lm(ref, dtype=dtype, device=device, quiet=quiet)
     model.eval()
     return LoadedTarget(model, tokenizer, ref.display)
+
+
+def _classifier_loader(run_dir: Path, info: dict[str, Any], tokenizer: Any) -> Any:
+    """load_classifier with the run's labels bound (the head's shape and names)."""
+    from functools import partial
+
+    from lmtune.models.classifier import label_maps, load_classifier, run_labels
+
+    id2label, label2id = label_maps(run_labels(run_dir, info))
+    return partial(
+        load_classifier,
+        num_labels=len(id2label),
+        id2label=id2label,
+        label2id=label2id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+
+
+def require_generative(target: str, command: str) -> None:
+    """chat / generate need a language model; a classification run predicts labels instead.
+
+    Checked from the run's marker, before any weights are loaded.
+    """
+    from lmtune.errors import ConfigError
+
+    if is_run_dir(target) and read_marker(target).get("task") == "classification":
+        raise ConfigError(
+            f"{target} is a classification run: it predicts labels, it does not write text, so "
+            f"`lmtune {command}` cannot use it. Use: lmtune predict {target} --data FILE"
+        )

@@ -67,6 +67,7 @@ def write_summary(run: RunDir, s: dict[str, Any], console: Any) -> None:
         lines.append(f"| validation loss (before / after) | {_fmt(el['before'])} / {_fmt(el['after'])} |")
     for name, m in s.get("metrics", {}).items():  # task metrics: {name: {before, after}}
         lines.append(f"| {name} (before / after) | {_fmt(m.get('before'))} / {_fmt(m.get('after'))} |")
+    lines += _classification_lines(s.get("classification") or {})
     checks = s.get("checks") or {}
     before, after = checks.get("before"), checks.get("after")
     if after:
@@ -87,6 +88,30 @@ def write_summary(run: RunDir, s: dict[str, Any], console: Any) -> None:
     ]
     run.summary_md.write_text("\n".join(lines), encoding="utf-8")
     _print(s, console)
+
+
+def _classification_lines(c: dict[str, Any]) -> list[str]:
+    """task: classification: per-class scores and the confusion matrix (rows true, columns predicted)."""
+    if not c.get("per_class"):
+        return []
+    labels = c["labels"]
+    lines = [
+        "",
+        "## Validation by class",
+        "",
+        "| label | precision | recall | F1 | support |",
+        "|---|---|---|---|---|",
+    ]
+    for label, m in c["per_class"].items():
+        lines.append(
+            f"| {_cell(label)} | {m['precision']:.4f} | {m['recall']:.4f} | {m['f1']:.4f} | {m['support']} |"
+        )
+    lines += ["", "Confusion matrix (rows: true label, columns: predicted; also confusion.png):", ""]
+    lines.append("| true \\ predicted | " + " | ".join(_cell(x) for x in labels) + " |")
+    lines.append("|---" * (len(labels) + 1) + "|")
+    for label, row in zip(labels, c["confusion"]):
+        lines.append(f"| {_cell(label)} | " + " | ".join(str(n) for n in row) + " |")
+    return lines
 
 
 def _cell(text: str) -> str:
