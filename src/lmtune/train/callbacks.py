@@ -1,5 +1,7 @@
 """Trainer callbacks: the progress bar the user watches and the metrics file the run keeps.
 
+Preference runs also keep TRL's reward accuracy/margin and chosen/rejected log-probs per row.
+
 Tokens/s counts real (non-padding) input tokens: the Trainer is asked to track them with
 `include_num_input_tokens_seen="non_padding"`, and the rate is taken between log steps.
 """
@@ -12,6 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from transformers import TrainerCallback
+
+# What TRL's preference trainers log besides the loss (task: preference), on training and eval rows.
+PREFERENCE_KEYS = ("rewards/accuracies", "rewards/margins", "rewards/chosen", "rewards/rejected",
+                   "logps/chosen", "logps/rejected")  # fmt: skip
+LOGGED_KEYS = ("loss", "learning_rate", "grad_norm", "eval_loss", *PREFERENCE_KEYS,
+               *(f"eval_{k}" for k in PREFERENCE_KEYS))  # fmt: skip
+# The ones the printed line shows, with their short names.
+_SHORT = {"rewards/accuracies": "reward_acc", "rewards/margins": "margin"}
 
 
 class MetricsCallback(TrainerCallback):
@@ -37,10 +47,10 @@ class MetricsCallback(TrainerCallback):
             return
         now = time.perf_counter()
         row: dict[str, Any] = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4)}
-        for key in ("loss", "learning_rate", "grad_norm", "eval_loss"):
+        for key in LOGGED_KEYS:
             if key in logs:
                 row[key] = logs[key]
-        if "loss" in logs:
+        if "loss" in logs and args.include_num_input_tokens_seen != "no":
             tokens = state.num_input_tokens_seen
             dt = now - self._last_time
             row["tokens_per_s"] = round((tokens - self._last_tokens) / dt, 1) if dt > 0 else None
@@ -57,9 +67,14 @@ class MetricsCallback(TrainerCallback):
         if "loss" in row:
             parts.append(f"loss {row['loss']:.4f}")
             parts.append(f"lr {row.get('learning_rate', 0):.2e}")
-            parts.append(f"{row['tokens_per_s']:.0f} tok/s")
+            if row.get("tokens_per_s") is not None:
+                parts.append(f"{row['tokens_per_s']:.0f} tok/s")
         if "eval_loss" in row:
             parts.append(f"eval_loss {row['eval_loss']:.4f}")
+        for prefix in ("", "eval_"):
+            for key, short in _SHORT.items():
+                if prefix + key in row:
+                    parts.append(f"{prefix}{short} {row[prefix + key]:.3f}")
         self.console.print("  " + "  ".join(parts), highlight=False)
 
 
@@ -97,7 +112,7 @@ class ProgressCallback(TrainerCallback):
         elapsed = time.perf_counter() - self._start
         rate = (state.num_input_tokens_seen - self._start_tokens) / elapsed if elapsed > 0 else 0.0
         last = next((h for h in reversed(state.log_history) if "loss" in h), None)
-        status = f"{rate:.0f} tok/s"
+        status = f"{rate:.0f} tok/s" if args.include_num_input_tokens_seen != "no" else ""
         if last:
             status = f"loss {last['loss']:.4f}  lr {last.get('learning_rate', 0):.2e}  " + status
         self.progress.update(self.task, completed=state.global_step, status=status)
