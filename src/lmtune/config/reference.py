@@ -46,7 +46,9 @@ def config_reference(*, title: bool = True, level: int = 2) -> str:
         out += _table(f"{'#' * level} {section}", model.model_fields.items(), f"{section}.")
         if section == "data":
             out += _table(
-                f"{'#' * (level + 1)} data.datasets entries", DatasetEntry.model_fields.items(), "data.datasets[]."
+                f"{'#' * (level + 1)} data.datasets entries",
+                DatasetEntry.model_fields.items(),
+                "data.datasets[].",
             )
     return "\n".join(out)
 
