@@ -1,0 +1,25 @@
+"""Every shipped example config validates, and every file it names exists (a renamed data file
+would otherwise break the docs' commands only when a user runs them)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lmtune.config.loader import load_config
+
+EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").rglob("*.yaml"))
+
+
+def test_there_are_examples():
+    names = {p.name for p in EXAMPLES}
+    assert {"quickstart.yaml", "pretrain.yaml", "sst2_minilm.yaml", "stage1.yaml", "stage2.yaml"} <= names
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_example_config_is_valid_and_its_files_exist(path):
+    cfg = load_config(path)
+    files = [cfg.data.path, cfg.data.val_path, cfg.eval.path, *(d.path for d in cfg.data.datasets)]
+    for f in filter(None, files):
+        assert Path(f).is_file(), f"{path.name} names {f}, which does not exist"
