@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -179,7 +180,7 @@ def entry_file(name: str, info: dict[str, Any], reg_file: str) -> Path:
         raise DataError(f"entry '{name}': file_name must be a file name, got {file_name!r}.", file=reg_file)
     path = Path(file_name)
     if not path.is_absolute():
-        path = Path(reg_file).resolve().parent / path
+        path = Path(os.path.abspath(reg_file)).parent / path  # keep symlinked folders as the user named them
     if path.is_dir():
         raise DataError(
             f"entry '{name}': file_name points to a folder ({path}); lmtune reads one file per entry.",
