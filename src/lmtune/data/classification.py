@@ -21,6 +21,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
+from lmtune.data.load import _reject_error
 from lmtune.data.readers import RawRecord, iter_raw_records
 from lmtune.data.records import LoadResult, Reject
 from lmtune.errors import DataError
@@ -128,15 +129,7 @@ def load_examples(
             reject = example
         assert reject is not None
         if on_error == "fail":
-            message, _, hint = reject.message.partition(" Fix: ")
-            raise DataError(
-                message,
-                file=file,
-                record=reject.record,
-                line=reject.line,
-                field=reject.field,
-                hint=hint or None,
-            )
+            raise _reject_error(reject)
         result.rejects.append(reject)
     if not result.records:
         reasons = Counter(r.reason for r in result.rejects)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import difflib
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -67,24 +67,36 @@ def load_conversations(
     _check_roles(fmt, roles, file=file)
 
     result = LoadResult(path=file, format=fmt, total=len(raws))
-    name = Path(path).name
+    collect_records(result, raws, lambda data: _convert(data, fmt, columns, system, roles), on_error=on_error)
+    if not result.records:
+        _raise_nothing_valid(file, result.rejects, result.total)
+    return result
+
+
+def collect_records(
+    result: LoadResult, raws: Iterable[Any], convert: Callable[[Any], Any], *, on_error: str
+) -> LoadResult:
+    """Convert every raw record into `result`: the one loop the task loaders share.
+
+    `convert(data)` returns a record (which gets its `source`, "file.jsonl#12") or raises
+    RecordError, which becomes a Reject with the file, record, line and raw data, or, with
+    on_error="fail", a DataError naming all of them. Unreadable records (raw.error) are rejects too.
+    """
+    name = Path(result.path).name
     for raw in raws:
         reject = raw.error
         if raw.data is not None:
             try:
-                conv = _convert(raw.data, fmt, columns, system, roles)
+                record = convert(raw.data)
             except RecordError as e:
-                reject = Reject(file, raw.index, raw.line, e.field, e.reason, str(e), raw.data)
+                reject = Reject(result.path, raw.index, raw.line, e.field, e.reason, str(e), raw.data)
             else:
-                conv.source = f"{name}#{raw.index}"
-                result.records.append(conv)
+                record.source = f"{name}#{raw.index}"
+                result.records.append(record)
                 continue
-        assert reject is not None
         if on_error == "fail":
             raise _reject_error(reject)
         result.rejects.append(reject)
-    if not result.records:
-        _raise_nothing_valid(file, result.rejects, result.total)
     return result
 
 

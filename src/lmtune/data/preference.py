@@ -31,9 +31,9 @@ from pathlib import Path
 from typing import Any
 
 from lmtune.data.formats import _MISSING, SHAREGPT_ROLES, _content, _resolve, _tools
-from lmtune.data.load import _raise_nothing_valid, _reject_error
+from lmtune.data.load import _raise_nothing_valid, collect_records
 from lmtune.data.readers import iter_raw_records
-from lmtune.data.records import ROLES, LoadResult, Reject
+from lmtune.data.records import ROLES, LoadResult
 from lmtune.data.validate import RecordError
 from lmtune.errors import DataError
 
@@ -128,22 +128,9 @@ def load_preferences(
     speaker = _speaker_map(roles, file)
 
     result = LoadResult(path=file, format=fmt, total=len(raws))
-    name = Path(path).name
-    for raw in raws:
-        reject = raw.error
-        if raw.data is not None:
-            try:
-                rec = convert_record(raw.data, fmt, cols, speaker, system)
-            except RecordError as e:
-                reject = Reject(file, raw.index, raw.line, e.field, e.reason, str(e), raw.data)
-            else:
-                rec.source = f"{name}#{raw.index}"
-                result.records.append(rec)
-                continue
-        assert reject is not None
-        if on_error == "fail":
-            raise _reject_error(reject)
-        result.rejects.append(reject)
+    collect_records(
+        result, raws, lambda data: convert_record(data, fmt, cols, speaker, system), on_error=on_error
+    )
     if not result.records:
         _raise_nothing_valid(file, result.rejects, result.total)
     return result

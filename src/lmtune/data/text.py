@@ -22,9 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from lmtune.data.formats import _MISSING, SFT_FORMATS, _resolve, detect_format
-from lmtune.data.load import _raise_nothing_valid, _reject_error
+from lmtune.data.load import _raise_nothing_valid, collect_records
 from lmtune.data.readers import iter_raw_records
-from lmtune.data.records import LoadResult, Reject
+from lmtune.data.records import LoadResult
+from lmtune.data.validate import RecordError
 from lmtune.errors import DataError
 
 TEXT_SPLITS = {"document": "file", "line": "line"}  # config name -> readers.py name
@@ -75,20 +76,7 @@ def load_texts(
         _check_is_text(raws, field, file)
 
     result = LoadResult(path=file, format="text", total=len(raws))
-    name = Path(path).name
-    for raw in raws:
-        reject = raw.error
-        if raw.data is not None:
-            value = _resolve(raw.data, field)
-            reject = _bad_text(value, field, columns)
-            if reject is None:
-                result.records.append(TextDocument(value, source=f"{name}#{raw.index}"))
-                continue
-            reject.file, reject.record, reject.line, reject.raw = file, raw.index, raw.line, raw.data
-        assert reject is not None
-        if on_error == "fail":
-            raise _reject_error(reject)
-        result.rejects.append(reject)
+    collect_records(result, raws, lambda data: _document(data, field, columns), on_error=on_error)
     if not result.records:
         _raise_nothing_valid(file, list(result.rejects), result.total)
     return result
@@ -156,8 +144,9 @@ def _check_is_text(raws: list[Any], field: str, file: str) -> None:
     raise DataError(message, file=file, hint=hint)
 
 
-def _bad_text(value: Any, field: str, columns: dict[str, str] | None) -> Reject | None:
-    """A Reject (location filled in by the caller) when `value` is no usable text, else None."""
+def _document(data: Any, field: str, columns: dict[str, str] | None) -> TextDocument:
+    """The record's text as a document; RecordError when it is missing, not a string or empty."""
+    value = _resolve(data, field)
     if value is _MISSING:
         mapped = " (mapped with `columns:`)" if columns else ""
         reason, message = (
@@ -177,5 +166,5 @@ def _bad_text(value: Any, field: str, columns: dict[str, str] | None) -> Reject 
     elif not value.strip():
         reason, message = "empty_text", f"'{field}' is empty. Fix: remove the record or fill in its text."
     else:
-        return None
-    return Reject(file="", record=None, line=None, field=field, reason=reason, message=message)
+        return TextDocument(value)
+    raise RecordError(reason, message, field)
