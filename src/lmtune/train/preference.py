@@ -67,16 +67,7 @@ def run(cfg: RunConfig, *, resume: bool = False, console: Any = None) -> RunResu
     )
 
     model = s.load_model()
-    checks = before_checks = None
-    if cfg.eval.path:
-        from lmtune.eval.checks import load_checks, run_checks
-
-        checks = load_checks(cfg.eval.path)
-        if cfg.eval.compare_base and not resume:
-            s.console.print(f"Answering {len(checks)} check prompts with the starting model ...")
-            before_checks = run_checks(
-                model, tokenizer, checks, max_new_tokens=cfg.eval.max_new_tokens, system=cfg.data.system
-            )
+    before_checks = s.generation_checks(model, tokenizer, when="before")
     model = s.prepare(model)
 
     trainer = build_trainer(s, model, tokenizer, to_dataset(train), to_dataset(val) if val else None)
@@ -87,14 +78,7 @@ def run(cfg: RunConfig, *, resume: bool = False, console: Any = None) -> RunResu
 
     drop_reference_adapter(model)
     s.save(model, tokenizer, template=template, preference_loss=cfg.preference.loss)
-    after_checks = None
-    if checks is not None:
-        from lmtune.eval.checks import run_checks
-
-        s.console.print(f"Answering {len(checks)} check prompts with the tuned model ...")
-        after_checks = run_checks(
-            model, tokenizer, checks, max_new_tokens=cfg.eval.max_new_tokens, system=cfg.data.system
-        )
+    after_checks = s.generation_checks(model, tokenizer, when="after")
     summary = s.base_summary(output, trainer, seconds)
     summary["data"] = {"train_samples": len(train), "val_samples": len(val), "rejected": len(rejects)}
     summary["preference"] = cfg.preference.model_dump()

@@ -43,16 +43,7 @@ def run(cfg: RunConfig, *, resume: bool = False, console: Any = None) -> RunResu
     )
 
     model = s.load_model()
-    checks = before = None
-    if cfg.eval.path:
-        from lmtune.eval.checks import load_checks, run_checks
-
-        checks = load_checks(cfg.eval.path)
-        if cfg.eval.compare_base and not resume:
-            s.console.print(f"Answering {len(checks)} check prompts with the base model ...")
-            before = run_checks(
-                model, tokenizer, checks, max_new_tokens=cfg.eval.max_new_tokens, system=d.system
-            )
+    before = s.generation_checks(model, tokenizer, when="before")
     model = s.prepare(model)
 
     from transformers import Trainer
@@ -78,10 +69,7 @@ def run(cfg: RunConfig, *, resume: bool = False, console: Any = None) -> RunResu
     eval_after = trainer.evaluate()["eval_loss"] if has_val else None
 
     s.save(model, tokenizer)
-    after = None
-    if checks is not None:
-        s.console.print(f"Answering {len(checks)} check prompts with the tuned model ...")
-        after = run_checks(model, tokenizer, checks, max_new_tokens=cfg.eval.max_new_tokens, system=d.system)
+    after = s.generation_checks(model, tokenizer, when="after")
     summary = s.base_summary(output, trainer, seconds)
     summary["data"] = {
         "train_samples": len(train_set.samples),

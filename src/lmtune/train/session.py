@@ -205,6 +205,23 @@ class Session:
         )
         return model
 
+    def generation_checks(self, model: Any, tokenizer: Any, *, when: str) -> dict[str, Any] | None:
+        """eval.path's prompts answered by `model`: when="before" (the starting model; skipped under
+        --resume or eval.compare_base: false) or "after" (the tuned model). None without eval.path."""
+        cfg = self.cfg
+        if not cfg.eval.path:
+            return None
+        from lmtune.eval.checks import load_checks, run_checks
+
+        checks = load_checks(cfg.eval.path)  # read "before" in any case: a bad file stops the run early
+        if when == "before" and (self.resume or not cfg.eval.compare_base):
+            return None
+        who = "starting" if when == "before" else "tuned"
+        self.console.print(f"Answering {len(checks)} check prompts with the {who} model ...")
+        return run_checks(
+            model, tokenizer, checks, max_new_tokens=cfg.eval.max_new_tokens, system=cfg.data.system
+        )
+
     # -- trainer ------------------------------------------------------------------------------
     def training_args(self, *, has_val: bool, args_class: Any = None, **overrides: Any) -> Any:
         from lmtune.train.args import training_arguments
