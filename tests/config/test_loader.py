@@ -45,6 +45,19 @@ def test_overrides_parse_yaml_values(tmp_path):
         ({"data": {"path": "x"}}, ["method.name=lorax"], "method.name"),
         ({"data": {"path": "x"}}, ["train.batch_size=0"], "train.batch_size"),
         ({}, [], "data.path (one training file) or data.datasets (several) is required"),
+        ({"stage": "dpo", "data": {"path": "x"}}, [], "Did you mean 'task'?"),
+        ({"data": {"path": "x", "dataset_dir": "d"}}, [], "Did you mean 'data.registry'?"),
+        (
+            {"task": "preference", "data": {"path": "x"}},
+            ["preference.pref_beta=1"],
+            "Did you mean 'preference.beta'?",
+        ),
+        ({"data": {"path": "x"}}, ["preference.beta=0.2"], "applies to task: preference, not task: sft"),
+        (
+            {"task": "classification", "data": {"path": "x"}, "eval": {"path": "c"}},
+            [],
+            "does not apply to task: classification",
+        ),
     ],
 )
 def test_errors_name_the_key_and_suggest(tmp_path, data, override, expected):
