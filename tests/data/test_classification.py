@@ -252,3 +252,16 @@ def test_sorted_warning():
     assert sorted_warning(["0"] * 50 + ["1"] * 50) is not None
     assert sorted_warning(["0", "1"] * 50) is None
     assert sorted_warning(["0"] * 3 + ["1"] * 3) is None  # too few to tell
+
+
+@pytest.mark.parametrize(
+    ("file", "task"),
+    [
+        ("llamafactory/dpo_en_demo.json", "task: preference"),
+        ("llamafactory/alpaca_en_demo.json", "task: sft"),
+    ],
+)
+def test_other_tasks_data_is_named(shared_data, file, task):
+    with pytest.raises(DataError, match="no label column") as err:
+        load_examples(shared_data / file)
+    assert task in str(err.value)

@@ -146,6 +146,16 @@ def load_examples(
 # ---------------------------------------------------------------- columns
 
 
+def _other_task(keys: list[str]) -> str:
+    """A sentence naming the task a label-less file belongs to, when its keys say so."""
+    names = {k.lower() for k in keys}
+    if {"chosen", "rejected"} <= names:
+        return " These are chosen/rejected answer pairs: preference data, for `task: preference`."
+    if names & {"messages", "conversations", "instruction"}:
+        return " These are conversations or instructions: SFT data, for `task: sft`."
+    return ""
+
+
 def detect_columns(
     raws: list[RawRecord], columns: dict[str, str] | None, *, file: str, require_label: bool = True
 ) -> ColumnMap:
@@ -186,7 +196,7 @@ def detect_columns(
     if label is None and require_label:
         raise DataError(
             f"no label column: the columns are {', '.join(keys)}, and none has a usual label name "
-            f"({', '.join(LABEL_NAMES[:8])} ...).",
+            f"({', '.join(LABEL_NAMES[:8])} ...).{_other_task(keys)}",
             file=file,
             hint="name it in the config, e.g. data.columns: {label: <column>, text: <column>}.",
         )
