@@ -21,7 +21,6 @@ from lmtune.train.session import RunData, RunResult, Session
 
 def run(cfg: RunConfig, *, resume: bool = False, console: Any = None) -> RunResult:
     from lmtune.tokenize.blocks import build_blocks
-    from lmtune.tokenize.dataset import PadCollator, SampleDataset
 
     s = Session(cfg, resume=resume, console=console)
     data = s.load_data(split=False)  # val_size: documents or blocks are split below
@@ -46,31 +45,11 @@ def run(cfg: RunConfig, *, resume: bool = False, console: Any = None) -> RunResu
     before = s.generation_checks(model, tokenizer, when="before")
     model = s.prepare(model)
 
-    from transformers import Trainer
-
-    from lmtune.train.optim import build_optimizer
-
-    has_val = bool(val_set.samples)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    trainer = s.quiet(
-        Trainer(
-            model=model,
-            args=s.training_args(has_val=has_val),
-            train_dataset=SampleDataset(train_set.samples),
-            eval_dataset=SampleDataset(val_set.samples) if has_val else None,
-            data_collator=PadCollator(pad if pad is not None else 0),
-            processing_class=tokenizer,
-            callbacks=s.callbacks(),
-            optimizers=(build_optimizer(model, cfg), None),
-        )
-    )
-    eval_before = trainer.evaluate()["eval_loss"] if has_val and not resume else None
-    output, seconds = s.train(trainer)
-    eval_after = trainer.evaluate()["eval_loss"] if has_val else None
+    trained = s.train_lm(model, tokenizer, train_set.samples, val_set.samples)
 
     s.save(model, tokenizer)
     after = s.generation_checks(model, tokenizer, when="after")
-    summary = s.base_summary(output, trainer, seconds)
+    summary = s.base_summary(trained["output"], trained["trainer"], trained["seconds"])
     summary["data"] = {
         "train_samples": len(train_set.samples),
         "val_samples": len(val_set.samples),
@@ -79,8 +58,8 @@ def run(cfg: RunConfig, *, resume: bool = False, console: Any = None) -> RunResu
         "val_documents": val_set.documents,
         "val_split": split,
     }
-    summary["eval_loss"] = {"before": eval_before, "after": eval_after}
-    summary["metrics"] = {"perplexity": {"before": perplexity(eval_before), "after": perplexity(eval_after)}}
+    summary["eval_loss"] = eval_loss = trained["eval_loss"]
+    summary["metrics"] = {"perplexity": {k: perplexity(v) for k, v in eval_loss.items()}}
     summary["checks"] = {"before": before, "after": after}
     return s.finish(summary, model)
 

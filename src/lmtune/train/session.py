@@ -253,6 +253,41 @@ class Session:
         output = trainer.train(resume_from_checkpoint=ckpt)
         return output, time.perf_counter() - started
 
+    def train_lm(self, model: Any, tokenizer: Any, train: list[Any], val: list[Any]) -> dict[str, Any]:
+        """Train a causal LM on tokenised samples (input_ids + labels) with the Hugging Face Trainer,
+        measuring the validation loss before (not under --resume) and after. sft and pretrain use it.
+
+        Returns {"trainer", "output", "seconds", "eval_loss": {"before", "after"}}.
+        """
+        from transformers import Trainer
+
+        from lmtune.tokenize.dataset import PadCollator, SampleDataset
+        from lmtune.train.optim import build_optimizer
+
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        has_val = bool(val)
+        trainer = self.quiet(
+            Trainer(
+                model=model,
+                args=self.training_args(has_val=has_val),
+                train_dataset=SampleDataset(train),
+                eval_dataset=SampleDataset(val) if has_val else None,
+                data_collator=PadCollator(pad if pad is not None else 0),
+                processing_class=tokenizer,
+                callbacks=self.callbacks(),
+                optimizers=(build_optimizer(model, self.cfg), None),
+            )
+        )
+        before = trainer.evaluate()["eval_loss"] if has_val and not self.resume else None
+        output, seconds = self.train(trainer)
+        after = trainer.evaluate()["eval_loss"] if has_val else None
+        return {
+            "trainer": trainer,
+            "output": output,
+            "seconds": seconds,
+            "eval_loss": {"before": before, "after": after},
+        }
+
     # -- outputs ------------------------------------------------------------------------------
     def save(self, model: Any, tokenizer: Any, **marker_extra: Any) -> None:
         """Trained weights, tokenizer and the run marker (what `load_target` reads back)."""

@@ -15,7 +15,7 @@ MASKING_REASONS = ("no_trained_tokens", "no_trained_turn", "template_not_prefix_
 
 
 def run(cfg: RunConfig, *, resume: bool = False, console: Any = None) -> RunResult:
-    from lmtune.tokenize.dataset import PadCollator, SampleDataset, tokenize_records
+    from lmtune.tokenize.dataset import tokenize_records
     from lmtune.tokenize.templates import apply_template_choice
 
     s = Session(cfg, resume=resume, console=console)
@@ -39,35 +39,16 @@ def run(cfg: RunConfig, *, resume: bool = False, console: Any = None) -> RunResu
     before = s.generation_checks(model, tokenizer, when="before")
     model = s.prepare(model)
 
-    from transformers import Trainer
-
-    from lmtune.train.optim import build_optimizer
-
-    has_val = bool(val_set.samples)
-    trainer = s.quiet(
-        Trainer(
-            model=model,
-            args=s.training_args(has_val=has_val),
-            train_dataset=SampleDataset(train_set.samples),
-            eval_dataset=SampleDataset(val_set.samples) if has_val else None,
-            data_collator=PadCollator(tokenizer.pad_token_id),
-            processing_class=tokenizer,
-            callbacks=s.callbacks(),
-            optimizers=(build_optimizer(model, cfg), None),
-        )
-    )
-    eval_before = trainer.evaluate()["eval_loss"] if has_val and not resume else None
-    output, seconds = s.train(trainer)
-    eval_after = trainer.evaluate()["eval_loss"] if has_val else None
+    trained = s.train_lm(model, tokenizer, train_set.samples, val_set.samples)
 
     s.save(model, tokenizer, template=template)
     after = s.generation_checks(model, tokenizer, when="after")
-    summary = s.base_summary(output, trainer, seconds)
+    summary = s.base_summary(trained["output"], trained["trainer"], trained["seconds"])
     summary["data"] = {
         "train_samples": len(train_set.samples),
         "val_samples": len(val_set.samples),
         "rejected": len(rejects),
     }
-    summary["eval_loss"] = {"before": eval_before, "after": eval_after}
+    summary["eval_loss"] = trained["eval_loss"]
     summary["checks"] = {"before": before, "after": after}
     return s.finish(summary, model)
