@@ -63,7 +63,7 @@ def load_conversations(
     if fmt not in SFT_FORMATS:  # preference / text: not SFT data
         message, hint = wrong_task_message(fmt)
         raise DataError(message, file=file, hint=hint)
-    _check_columns(fmt, columns, file=file)
+    check_columns(fmt, columns, file=file)
     _check_roles(fmt, roles, file=file)
 
     result = LoadResult(path=file, format=fmt, total=len(raws))
@@ -130,16 +130,24 @@ def _check_options(format: str, on_error: str, limit: int | None) -> None:
         )
 
 
-def _check_columns(fmt: str, columns: dict[str, str] | None, *, file: str | None = None) -> None:
-    """Reject `columns` keys the format does not know (a typo would otherwise be ignored)."""
+def check_columns(
+    fmt: str,
+    columns: dict[str, str] | None,
+    *,
+    file: str | None = None,
+    fields: dict[str, tuple[str, ...]] = FIELDS,
+) -> None:
+    """Reject `columns` keys the format does not know (a typo would otherwise be ignored).
+
+    `fields` maps each format to its field names (the SFT formats' by default; preference has its own)."""
     for key, value in (columns or {}).items():
-        if key not in FIELDS[fmt]:
-            close = difflib.get_close_matches(key, FIELDS[fmt], n=1)
+        if key not in fields[fmt]:
+            close = difflib.get_close_matches(key, fields[fmt], n=1)
             did = f" Did you mean '{close[0]}'?" if close else ""
             raise DataError(
                 f"`columns:` maps '{key}', which is not a field of the {fmt} format.{did}",
                 file=file,
-                hint=f"the keys of `columns:` are {fmt} field names ({', '.join(FIELDS[fmt])}); "
+                hint=f"the keys of `columns:` are {fmt} field names ({', '.join(fields[fmt])}); "
                 "the values are the names in your file.",
             )
         if not isinstance(value, str) or not value:

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from lmtune.data.formats import _MISSING, SHAREGPT_ROLES, _content, _resolve, _tools
-from lmtune.data.load import _raise_nothing_valid, collect_records
+from lmtune.data.load import _raise_nothing_valid, check_columns, collect_records
 from lmtune.data.readers import iter_raw_records
 from lmtune.data.records import ROLES, LoadResult
 from lmtune.data.validate import RecordError
@@ -124,7 +124,7 @@ def load_preferences(
             and all(set(_STACK_EXCHANGE.values()) <= s.keys() for s in samples)
         ):
             cols = dict(_STACK_EXCHANGE)
-    _check_columns(fmt, cols, file)
+    check_columns(fmt, cols, file=file, fields=FIELDS)
     speaker = _speaker_map(roles, file)
 
     result = LoadResult(path=file, format=fmt, total=len(raws))
@@ -219,21 +219,6 @@ def _candidate(rec: dict[str, Any]) -> str | None:
 
 def _sharegpt_turns(value: Any) -> bool:
     return isinstance(value, list) and bool(value) and isinstance(value[0], dict) and "from" in value[0]
-
-
-def _check_columns(fmt: str, columns: dict[str, str], file: str) -> None:
-    for key, value in columns.items():
-        if key not in FIELDS[fmt]:
-            close = difflib.get_close_matches(key, FIELDS[fmt], n=1)
-            did = f" Did you mean '{close[0]}'?" if close else ""
-            raise DataError(
-                f"`columns:` maps '{key}', which is not a field of the {fmt} format.{did}",
-                file=file,
-                hint=f"the keys of `columns:` are {fmt} field names ({', '.join(FIELDS[fmt])}); "
-                "the values are the names in your file.",
-            )
-        if not isinstance(value, str) or not value:
-            raise DataError(f"`columns:` value for '{key}' must be a field name, got {value!r}.", file=file)
 
 
 def _speaker_map(roles: dict[str, str] | None, file: str) -> dict[str, str]:
