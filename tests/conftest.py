@@ -147,3 +147,44 @@ def train_steps(model, batch: dict, steps: int = 8, lr: float = 1e-2) -> list[fl
         opt.zero_grad()
         losses.append(loss.item())
     return losses
+
+
+def train_with_snapshot(cfg):
+    """Train `cfg` through the real runner; also return every parameter as it was right after the
+    method's `prepare` (so a test can tell exactly which parameters training changed)."""
+    import torch
+
+    from lmtune.methods import base as methods_base
+    from lmtune.train.runner import train
+
+    before: dict[str, torch.Tensor] = {}
+    real_get = methods_base.get_method
+
+    def snapshotting_get_method(name: str):
+        method_obj = real_get(name)
+        prepare = method_obj.prepare
+
+        def prepare_and_snapshot(model, opts, **kw):
+            prepared = prepare(model, opts, **kw)
+            before.update({n: p.detach().clone() for n, p in prepared.named_parameters()})
+            return prepared
+
+        method_obj.prepare = prepare_and_snapshot  # type: ignore[method-assign]
+        return method_obj
+
+    methods_base.get_method = snapshotting_get_method
+    try:
+        return train(cfg), before
+    finally:
+        methods_base.get_method = real_get
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models gain nothing from more threads, and on a shared CPU extra threads only wait."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

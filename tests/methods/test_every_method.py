@@ -16,14 +16,13 @@ from typing import Any
 
 import pytest
 import torch
+from tests.conftest import train_with_snapshot
 from typer.testing import CliRunner
 
 from lmtune.cli.app import app
 from lmtune.config.loader import validate_config
 from lmtune.infer.generate import GenerationOptions, generate_replies
-from lmtune.methods import base as methods_base
 from lmtune.run.layout import read_marker
-from lmtune.train.runner import train
 
 
 def lora(n: str) -> bool:
@@ -127,26 +126,7 @@ def trained(request, sums_file, tmp_path_factory):
                 "output": {"dir": str(tmp_path_factory.mktemp(case))},
             }
         )
-        before: dict[str, torch.Tensor] = {}
-        real_get = methods_base.get_method
-
-        def snapshotting_get_method(name: str):
-            method_obj = real_get(name)
-            prepare = method_obj.prepare
-
-            def prepare_and_snapshot(model, opts):
-                prepared = prepare(model, opts)
-                before.update({n: p.detach().clone() for n, p in prepared.named_parameters()})
-                return prepared
-
-            method_obj.prepare = prepare_and_snapshot  # type: ignore[method-assign]
-            return method_obj
-
-        methods_base.get_method = snapshotting_get_method
-        try:
-            result = train(cfg)
-        finally:
-            methods_base.get_method = real_get
+        result, before = train_with_snapshot(cfg)
         from transformers import AutoTokenizer
 
         cache[case] = Trained(result, before, AutoTokenizer.from_pretrained(result.run_dir))

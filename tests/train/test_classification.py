@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 import torch
 from tests.classification_helpers import cls_config, save_tiny_bert, sentiment_rows, write_jsonl
+from tests.conftest import train_with_snapshot
 
-from lmtune.methods import base as methods_base
 from lmtune.run.layout import read_marker
 from lmtune.run.load import load_target
 from lmtune.train.runner import train
@@ -122,26 +122,7 @@ def trained(request, cls_files, tmp_path_factory):
         train_file, val_file = cls_files
         out = tmp_path_factory.mktemp(case)
         cfg = cls_config(request.getfixturevalue(fixture), train_file, val_file, out, method, **train_opts)
-        before: dict[str, torch.Tensor] = {}
-        real_get = methods_base.get_method
-
-        def snapshotting_get_method(name: str):
-            method_obj = real_get(name)
-            prepare = method_obj.prepare
-
-            def prepare_and_snapshot(model, opts, **kw):
-                prepared = prepare(model, opts, **kw)
-                before.update({n: p.detach().clone() for n, p in prepared.named_parameters()})
-                return prepared
-
-            method_obj.prepare = prepare_and_snapshot  # type: ignore[method-assign]
-            return method_obj
-
-        methods_base.get_method = snapshotting_get_method
-        try:
-            cache[case] = Trained(train(cfg), before)
-        finally:
-            methods_base.get_method = real_get
+        cache[case] = Trained(*train_with_snapshot(cfg))
         return cache[case]
 
     return get

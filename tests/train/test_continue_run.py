@@ -18,13 +18,7 @@ from lmtune.run.load import load_target
 from lmtune.train.runner import train
 from lmtune.train.session import Session
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def quiet() -> Console:

@@ -22,13 +22,7 @@ from lmtune.train.runner import train
 PAIR_METRICS = ("rewards/accuracies", "rewards/margins", "logps/chosen", "logps/rejected")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from more threads, and on a shared CPU extra threads only wait."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
