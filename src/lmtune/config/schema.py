@@ -29,6 +29,11 @@ class ModelSection(Section):
         "(bf16 mixed precision is set by train.bf16).",
     )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when available, else cpu.")
+    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = Field(
+        "auto",
+        description="Attention kernel. auto: flash_attention_2 on CUDA when flash-attn is installed, else sdpa. "
+        "Packed samples stay isolated with each (flash-attn varlen, or a block-diagonal mask).",
+    )
 
 
 TASKS = ("sft", "pretrain", "classification", "preference")
@@ -165,6 +170,17 @@ class DataSection(Section):
         None,
         description="classification: the label set, in the order of the model's outputs. null: "
         "discovered from the training data (sorted). Records with other labels are rejected.",
+    )
+    packing: bool | Literal["auto"] = Field(
+        "auto",
+        description="sft: pack samples into max_length rows (best-fit decreasing), each sample attending only "
+        "to itself, so no compute is spent on padding. auto: on, except for prefix/prompt/ptuning, whose "
+        "virtual tokens must precede every sample.",
+    )
+    group_by_length: bool = Field(
+        False,
+        description="Without packing: batch samples of similar length together (less padding; "
+        "batches are still shuffled).",
     )
     shuffle: bool = Field(
         True,
@@ -354,7 +370,30 @@ class TrainSection(Section):
         0, ge=0, description="Save a checkpoint every N steps (0: no intermediate checkpoints)."
     )
     save_total_limit: int = Field(2, ge=1, description="Keep at most this many checkpoints.")
-    gradient_checkpointing: bool = Field(False, description="Trade compute for activation memory.")
+    gradient_checkpointing: bool | Literal["auto"] = Field(
+        "auto",
+        description="Recompute activations in the backward pass, trading compute for memory. auto: on only "
+        "when the memory estimate (lmtune estimate) says the run would not fit otherwise.",
+    )
+    compile: bool | Literal["auto"] = Field(
+        "auto",
+        description="torch.compile the model's decoder. auto: only when the planned run is long enough for "
+        "the compile time to pay back (printed with the estimate).",
+    )
+    bf16_frozen: bool = Field(
+        True,
+        description="With bf16 on and a method that saves only what it trains (LoRA, adapters, ...): keep the "
+        "frozen base weights in bf16 (half the memory, no cast per forward); trained ones stay float32.",
+    )
+    loss_chunk: int = Field(
+        1024,
+        ge=0,
+        description="Compute the output head and cross-entropy only at trained positions, this many at a "
+        "time, never holding full-vocabulary logits for the batch. 0: the model's own loss.",
+    )
+    liger: bool | Literal["auto"] = Field(
+        "auto", description="CUDA: Liger kernels (liger-kernel package). auto: when installed and on CUDA."
+    )
     report_to: Literal["none", "tensorboard", "wandb", "mlflow"] = Field("none")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
 
@@ -438,10 +477,16 @@ class RunConfig(Section):
                 "eval.path (generation checks) does not apply to task: classification; "
                 "its validation metrics are accuracy, macro-F1 and the confusion matrix"
             )
-        if self.method.name == "prefix" and self.train.gradient_checkpointing:
+        if self.method.name == "prefix" and self.train.gradient_checkpointing is True:
             raise ValueError(
                 "train.gradient_checkpointing does not work with method.name=prefix: prefix tuning feeds "
                 "its vectors through the key/value cache, which checkpointed layers do not use. Set "
                 "train.gradient_checkpointing: false, or use prompt, ptuning or lora"
+            )
+        if self.data.packing is True and self.method.name in ("prefix", "prompt", "ptuning"):
+            raise ValueError(
+                f"data.packing: true does not work with method.name={self.method.name}: its virtual tokens "
+                "must precede every sample, and a packed row holds several. Set data.packing: auto (off for "
+                "this method) or false"
             )
         return self

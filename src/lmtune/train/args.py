@@ -83,7 +83,7 @@ def training_arguments(
         save_strategy="steps" if t.save_steps else "no",
         save_steps=t.save_steps or 500,
         save_total_limit=t.save_total_limit,
-        activation_checkpointing=t.gradient_checkpointing,
+        activation_checkpointing=t.gradient_checkpointing is True,
         report_to=check_report_to(t.report_to),
         dataloader_num_workers=t.num_workers,
         include_num_input_tokens_seen="non_padding",
