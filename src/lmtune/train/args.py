@@ -51,7 +51,14 @@ def check_report_to(report_to: str) -> list[str]:
 
 
 def training_arguments(
-    cfg: RunConfig, run: RunDir, *, device: str, has_val: bool, args_class: Any = None, **overrides: Any
+    cfg: RunConfig,
+    run: RunDir,
+    *,
+    device: str,
+    has_val: bool,
+    args_class: Any = None,
+    plan: Any = None,
+    **overrides: Any,
 ) -> Any:
     """TrainingArguments (or a subclass such as TRL's DPOConfig, via `args_class`) for the run;
     `overrides` are task-specific extra arguments of that class."""
@@ -59,7 +66,7 @@ def training_arguments(
 
     t = cfg.train
     eval_strategy = "steps" if has_val and t.eval_steps else "no"
-    return (args_class or TrainingArguments)(
+    kwargs: dict[str, Any] = dict(
         output_dir=str(run.checkpoints),
         num_train_epochs=t.epochs,
         max_steps=t.max_steps,
@@ -83,7 +90,7 @@ def training_arguments(
         save_strategy="steps" if t.save_steps else "no",
         save_steps=t.save_steps or 500,
         save_total_limit=t.save_total_limit,
-        activation_checkpointing=t.gradient_checkpointing is True,
+        activation_checkpointing=plan.gradient_checkpointing if plan else t.gradient_checkpointing is True,
         report_to=check_report_to(t.report_to),
         dataloader_num_workers=t.num_workers,
         include_num_input_tokens_seen="non_padding",
@@ -91,5 +98,5 @@ def training_arguments(
         disable_tqdm=True,
         save_only_model=False,
         train_sampling_strategy="random" if cfg.data.shuffle else "sequential",
-        **overrides,
     )
+    return (args_class or TrainingArguments)(**{**kwargs, **overrides})

@@ -59,6 +59,7 @@ def run(cfg: RunConfig, *, resume: bool = False, console: Any = None) -> RunResu
         "val_split": split,
     }
     summary["eval_loss"] = eval_loss = trained["eval_loss"]
+    summary["speed"] = trained["speed"]
     summary["metrics"] = {"perplexity": {k: perplexity(v) for k, v in eval_loss.items()}}
     summary["checks"] = {"before": before, "after": after}
     return s.finish(summary, model)

@@ -76,6 +76,8 @@ class Session:
         self.counts = (0, 0)
         self.metrics: Any = None
         self.parent: dict[str, Any] | None = None  # the marker of the run `model.name` points at
+        self.plan: Any = None  # SpeedPlan, decided in load_model
+        self.packing: dict[str, Any] | None = None  # packing stats, when samples were packed
 
     # -- data ---------------------------------------------------------------------------------
     def load_data(self, *, split: bool = True) -> RunData:
@@ -173,20 +175,26 @@ class Session:
         from lmtune.methods.base import get_method
         from lmtune.models.load import load_causal_lm, resolve_device
         from lmtune.train.args import use_bf16
+        from lmtune.train.plan import plan_speed
 
         cfg = self.cfg
         self.method = get_method(cfg.method.name)
         self.device = resolve_device(cfg.model.device)
         self.bf16 = use_bf16(cfg.train.bf16, self.device)
+        self.plan = plan_speed(cfg, device=self.device, bf16=self.bf16)
+        if self.plan.reasons:
+            self.console.print("Speed plan: " + "; ".join(self.plan.lines()))
         dtype = "float32" if cfg.model.dtype == "auto" else cfg.model.dtype
         kwargs = {**self.method.load_kwargs(cfg.method, bf16=self.bf16), **extra}
         if is_run_dir(cfg.model.name):
             from lmtune.train.continue_run import load_previous_run
 
             model, self.parent = load_previous_run(self, cfg.model.name, dtype=dtype, loader=loader, **kwargs)
-            return model
-        model = (loader or load_causal_lm)(self.model_ref(), dtype=dtype, device=self.device, **kwargs)
-        self.method.check(model, cfg.method)
+        else:
+            model = (loader or load_causal_lm)(self.model_ref(), dtype=dtype, device=self.device, **kwargs)
+            self.method.check(model, cfg.method)
+        if self.plan.attn_implementation != getattr(model.config, "_attn_implementation", None):
+            model.set_attn_implementation(self.plan.attn_implementation)
         return model
 
     def prepare(self, model: Any, **kw: Any) -> Any:
@@ -227,7 +235,13 @@ class Session:
         from lmtune.train.args import training_arguments
 
         return training_arguments(
-            self.cfg, self.run, device=self.device, has_val=has_val, args_class=args_class, **overrides
+            self.cfg,
+            self.run,
+            device=self.device,
+            has_val=has_val,
+            args_class=args_class,
+            plan=self.plan,
+            **overrides,
         )
 
     def callbacks(self) -> list[Any]:
@@ -254,38 +268,67 @@ class Session:
         return output, time.perf_counter() - started
 
     def train_lm(self, model: Any, tokenizer: Any, train: list[Any], val: list[Any]) -> dict[str, Any]:
-        """Train a causal LM on tokenised samples (input_ids + labels) with the Hugging Face Trainer,
-        measuring the validation loss before (not under --resume) and after. sft and pretrain use it.
+        """Train a causal LM on tokenised samples (input_ids + labels) with LMTrainer, measuring the
+        validation loss before (not under --resume) and after. sft and pretrain use it.
 
-        Returns {"trainer", "output", "seconds", "eval_loss": {"before", "after"}}.
+        Samples are packed into rows when the speed plan says so (pretrain blocks are rows already).
+        Returns {"trainer", "output", "seconds", "eval_loss": {"before", "after"}, "speed"}.
         """
-        from transformers import Trainer
+        import torch
 
         from lmtune.tokenize.dataset import PadCollator, SampleDataset
+        from lmtune.tokenize.packing import PackedCollator, PackedDataset, pack_samples, packing_stats
+        from lmtune.train.lm_trainer import LMTrainer, SpeedCallback
         from lmtune.train.optim import build_optimizer
+        from lmtune.train.plan import cast_frozen
 
+        plan = self.plan
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        pad = pad if pad is not None else 0
+        if plan.packing:
+            width = self.cfg.data.max_length
+            train_set, val_set = (PackedDataset(pack_samples(x, width)) for x in (train, val))
+            self.packing = packing_stats(train_set.rows, width)
+            self.console.print(
+                f"Packed {len(train)} samples into {len(train_set)} rows of {width} tokens "
+                f"({100 * self.packing['fill']:.1f}% real tokens)"
+            )
+            collator: Any = PackedCollator(pad, pad_to=width if plan.compile is not False else None)
+        else:
+            train_set, val_set, collator = SampleDataset(train), SampleDataset(val), PadCollator(pad)
+        if plan.bf16_frozen:
+            cast_frozen(model, torch.bfloat16, source=torch.float32)
         has_val = bool(val)
+        speed = SpeedCallback(compile_mode=plan.compile, device=self.device, console=self.console)
+        overrides: dict[str, Any] = {"prediction_loss_only": True, "use_liger_kernel": plan.liger}
+        if not plan.packing and self.cfg.data.group_by_length and self.cfg.data.shuffle:
+            overrides["train_sampling_strategy"] = "group_by_length"
         trainer = self.quiet(
-            Trainer(
+            LMTrainer(
                 model=model,
-                args=self.training_args(has_val=has_val),
-                train_dataset=SampleDataset(train),
-                eval_dataset=SampleDataset(val) if has_val else None,
-                data_collator=PadCollator(pad if pad is not None else 0),
+                args=self.training_args(has_val=has_val, **overrides),
+                train_dataset=train_set,
+                eval_dataset=val_set if has_val else None,
+                data_collator=collator,
                 processing_class=tokenizer,
-                callbacks=self.callbacks(),
+                callbacks=[*self.callbacks(), speed],
                 optimizers=(build_optimizer(model, self.cfg), None),
+                loss_chunk=self.cfg.train.loss_chunk,
             )
         )
+        if trainer.chunked_loss_off_because and self.cfg.train.loss_chunk:
+            self.console.print(f"Loss over full logits: {trainer.chunked_loss_off_because}")
         before = trainer.evaluate()["eval_loss"] if has_val and not self.resume else None
         output, seconds = self.train(trainer)
         after = trainer.evaluate()["eval_loss"] if has_val else None
+        if plan.bf16_frozen:
+            cast_frozen(model, torch.float32, source=torch.bfloat16)
         return {
             "trainer": trainer,
             "output": output,
             "seconds": seconds,
             "eval_loss": {"before": before, "after": after},
+            "speed": speed.summary(),
         }
 
     # -- outputs ------------------------------------------------------------------------------

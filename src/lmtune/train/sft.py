@@ -49,6 +49,9 @@ def run(cfg: RunConfig, *, resume: bool = False, console: Any = None) -> RunResu
         "val_samples": len(val_set.samples),
         "rejected": len(rejects),
     }
+    if s.packing:
+        summary["data"]["packing"] = s.packing
     summary["eval_loss"] = trained["eval_loss"]
+    summary["speed"] = trained["speed"]
     summary["checks"] = {"before": before, "after": after}
     return s.finish(summary, model)

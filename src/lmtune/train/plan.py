@@ -1,0 +1,124 @@
+"""Speed settings a run derives from its config and machine, decided once and printed.
+
+Each `auto` switch in the config resolves here to on or off with a one-line reason, so the user sees
+what was chosen and why (nothing is silently rewritten). The decisions:
+
+- packing (sft): on, except for prefix/prompt/ptuning, whose virtual tokens must start every sample
+- gradient checkpointing: on only when the memory estimate says the run will not fit without it
+- attention: flash-attn 2 on CUDA when installed (varlen kernels isolate packed samples), else SDPA
+- Liger kernels: on CUDA when installed
+- frozen weights in bf16: when bf16 is on and the method saves only what it trains
+- torch.compile: decided after two eager steps, from their measured time (lm_trainer.SpeedCallback)
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass, field
+from typing import Any
+
+from lmtune.config.schema import RunConfig
+
+PROMPT_LEARNING = ("prefix", "prompt", "ptuning")
+# Methods whose saved result holds every weight (frozen ones included): those stay in float32.
+SAVES_FROZEN_WEIGHTS = ("full", "freeze")
+
+
+@dataclass
+class SpeedPlan:
+    packing: bool = False
+    gradient_checkpointing: bool = False
+    attn_implementation: str = "sdpa"
+    liger: bool = False
+    bf16_frozen: bool = False
+    compile: bool | str = False  # True, False or "auto" (decided during training)
+    reasons: dict[str, str] = field(default_factory=dict)
+
+    def lines(self) -> list[str]:
+        return [f"{k}: {v}" for k, v in self.reasons.items()]
+
+
+def installed(package: str) -> bool:
+    return importlib.util.find_spec(package) is not None
+
+
+def plan_speed(cfg: RunConfig, *, device: str, bf16: bool) -> SpeedPlan:
+    t, method = cfg.train, cfg.method.name
+    p = SpeedPlan()
+    if cfg.task == "sft":
+        if cfg.data.packing == "auto":
+            p.packing = method not in PROMPT_LEARNING
+            why = "virtual tokens must start every sample" if not p.packing else "samples isolated per row"
+            p.reasons["packing"] = f"{'on' if p.packing else 'off'} ({why})"
+        else:
+            p.packing = bool(cfg.data.packing)
+    if t.gradient_checkpointing == "auto":
+        from lmtune.train.estimate import decide_checkpointing
+
+        p.gradient_checkpointing, why = decide_checkpointing(cfg, device)
+        p.reasons["gradient checkpointing"] = f"{'on' if p.gradient_checkpointing else 'off'} ({why})"
+    else:
+        p.gradient_checkpointing = bool(t.gradient_checkpointing)
+    attn = cfg.model.attn_implementation
+    if attn == "auto":
+        attn = "flash_attention_2" if device == "cuda" and installed("flash_attn") else "sdpa"
+        if device == "cuda":
+            p.reasons["attention"] = attn + ("" if installed("flash_attn") else " (flash-attn not installed)")
+    p.attn_implementation = attn
+    if t.liger == "auto":
+        p.liger = device == "cuda" and installed("liger_kernel")
+        if device == "cuda":
+            p.reasons["liger kernels"] = "on" if p.liger else "off (liger-kernel not installed)"
+    else:
+        p.liger = bool(t.liger)
+    p.bf16_frozen = bf16 and t.bf16_frozen and method not in SAVES_FROZEN_WEIGHTS
+    if p.bf16_frozen:
+        p.reasons["frozen weights"] = "bf16 (trained weights stay float32)"
+    p.compile = t.compile
+    if t.compile == "auto":
+        p.reasons["torch.compile"] = "decided after 2 steps, from their measured speed"
+    return p
+
+
+def cast_frozen(model: Any, dtype: Any, *, source: Any) -> int:
+    """Frozen parameters of dtype `source` to `dtype` in place (trained ones untouched); returns how many.
+
+    Under bf16 autocast every float32 weight is cast to bf16 on each forward anyway; storing frozen
+    ones in bf16 halves their memory and skips that cast. After training they go back to float32
+    (now bf16-rounded), so generation without autocast mixes no dtypes; the saved result holds only
+    trained weights, which never left float32.
+    """
+    n = 0
+    for p in model.parameters():
+        if not p.requires_grad and p.dtype == source:
+            p.data = p.data.to(dtype)
+            n += 1
+    return n
+
+
+# torch.compile on this kind of model: measured speed-up of a training step, and compile seconds per
+# decoder layer (SmolLM2-135M, 30 layers; see docs/performance.md). Compile pays back when the time
+# it saves on the remaining steps exceeds its own cost, with a margin for the estimate's error.
+COMPILE_SPEEDUP = {"cpu": 1.5, "cuda": 1.3}
+COMPILE_SECONDS_PER_LAYER = {"cpu": 5.0, "cuda": 1.5}
+PAYBACK_MARGIN = 1.5
+
+
+def compile_pays_back(
+    step_seconds: float, steps_left: int, layers: int, device: str
+) -> tuple[bool, float, float]:
+    """(worth it, predicted seconds saved, predicted compile seconds)."""
+    kind = "cuda" if device == "cuda" else "cpu"
+    saved = step_seconds * steps_left * (1 - 1 / COMPILE_SPEEDUP[kind])
+    cost = COMPILE_SECONDS_PER_LAYER[kind] * layers
+    return saved > PAYBACK_MARGIN * cost, saved, cost
+
+
+def compile_decoder(model: Any) -> Any:
+    """torch.compile the decoder stack in place (the module object, its weights and state_dict keys
+    stay the same, so saving and adapters are unaffected)."""
+    from lmtune.train.lm_loss import decoder_and_head
+
+    decoder, _ = decoder_and_head(model)
+    decoder.compile(dynamic=False)
+    return decoder
