@@ -11,10 +11,19 @@ from __future__ import annotations
 import copy
 import json
 
+import numpy as np
 import pytest
 
 from lmtune.errors import ConfigError
-from lmtune.tokenize.masking import IGNORE, MaskingError, tokenize_conversation
+from lmtune.tokenize.masking import (
+    IGNORE,
+    ChatRenderer,
+    MaskingError,
+    _overlaps,
+    render,
+    tokenize_conversation,
+    tokenize_conversations,
+)
 from lmtune.tokenize.templates import apply_template_choice
 
 MULTI = [
@@ -186,3 +195,160 @@ def test_every_fastchat_conversation_matches_reference(tok, shared_data):
         turns = [i for i, m in enumerate(msgs) if m["role"] == "assistant"]
         out = tokenize_conversation(tok, msgs)
         assert (out.input_ids, out.labels) == reference_labels(tok, msgs, turns), conv.source
+
+
+# --- The fast paths: the compiled-template renderer and batched tokenisation ---------------------------
+
+ALPACA = "alpaca_en_stanford/alpaca_small.json"
+FASTCHAT = "sharegpt_fastchat/dummy_conversation.json"
+
+
+def _records(shared_data, which: str):
+    if which == "glaive":
+        from lmtune.data.registry import registry_spec
+        from lmtune.data.sources import load_file
+
+        spec = registry_spec(shared_data / "llamafactory" / "dataset_info.json", "glaive_toolcall_en_demo")
+        return load_file(spec, "sft", on_error="fail").records
+    from lmtune.data.load import load_conversations
+
+    return load_conversations(shared_data / which).records
+
+
+@pytest.mark.parametrize(
+    ("data", "template"),
+    [
+        (ALPACA, "smollm2"),
+        (ALPACA, "alpaca"),
+        (FASTCHAT, "smollm2"),
+        ("glaive", "smollm2"),
+        ("glaive", "qwen25"),
+    ],
+)
+def test_renderer_renders_exactly_what_apply_chat_template_renders(tok, shared_data, data, template):
+    """Every string masking renders (each prefix, with and without the generation prompt), over the whole
+    2,000-record benchmark set (model template and lmtune's alpaca fallback), multi-turn chats and tool
+    calls (lmtune's fallback and a template that renders tools itself): the compiled-template fast path
+    must equal transformers' public API."""
+    from lmtune.tokenize.templates import to_template_messages
+
+    if template == "qwen25":
+        from tests.tokenize.test_tools import QWEN25
+
+        tok.chat_template = QWEN25
+    elif template == "alpaca":  # lmtune's fallback: uses the eos_token variable
+        apply_template_choice(tok, "alpaca")
+    renderer = ChatRenderer(tok)
+    assert renderer.compiled is not None  # the fast path is the one under test
+    records = _records(shared_data, data)
+    assert len(records) >= 300
+    checked = 0
+    for conv in records:
+        msgs, tools = to_template_messages([m.to_dict() for m in conv.messages], conv.tools, tok)
+        for end in range(1, len(msgs) + 1):
+            for gen in (False, True):
+                fast = renderer(msgs[:end], tools, generation_prompt=gen)
+                assert fast == render(tok, msgs[:end], tools, generation_prompt=gen), (conv.source, end, gen)
+                checked += 1
+    assert checked >= 4 * len(records)
+
+
+def test_without_a_compiled_template_the_same_samples_come_out(tok, shared_data, monkeypatch):
+    """The fallback (apply_chat_template per call) and the fast path give identical samples."""
+    from lmtune.tokenize import masking
+
+    convs = [([m.to_dict() for m in c.messages], c.tools) for c in _records(shared_data, "glaive")[:40]]
+    fast = tokenize_conversations(tok, convs, max_length=8192)
+    monkeypatch.setattr(masking, "_compiled_template", lambda template: None)
+    assert ChatRenderer(tok).compiled is None
+    slow = tokenize_conversations(tok, convs, max_length=8192)
+    assert [(s.input_ids, s.labels) for s in fast] == [(s.input_ids, s.labels) for s in slow]
+
+
+def test_batched_tokenisation_matches_the_reference_for_every_record(tok, shared_data):
+    """Many conversations in one call (tokens of one must never pick up another's spans), with a record
+    that cannot be trained in the middle: every outcome is in its record's place and matches the
+    token-level reference."""
+    convs = [[m.to_dict() for m in c.messages] for c in _records(shared_data, FASTCHAT)[::5]]
+    untrainable = copy.deepcopy(MULTI[:2])
+    untrainable[1]["weight"] = 0
+    convs.insert(7, untrainable)
+    for train_on in ("all", "last"):
+        outs = tokenize_conversations(tok, [(m, None) for m in convs], max_length=4096, train_on=train_on)
+        assert len(outs) == len(convs)
+        assert isinstance(outs[7], MaskingError) and outs[7].reason == "no_trained_turn"
+        for msgs, out in zip(convs[:7] + convs[8:], outs[:7] + outs[8:]):
+            turns = [i for i, m in enumerate(msgs) if m["role"] == "assistant"]
+            turns = turns if train_on == "all" else turns[-1:]
+            assert (out.input_ids, out.labels) == reference_labels(tok, msgs, turns)
+
+
+def test_benchmark_set_matches_the_reference(tok, shared_data):
+    records = _records(shared_data, ALPACA)
+    assert len(records) == 2000
+    sample = records[::20]
+    outs = tokenize_conversations(tok, [([m.to_dict() for m in c.messages], None) for c in sample])
+    for conv, out in zip(sample, outs):
+        msgs = [m.to_dict() for m in conv.messages]
+        assert (out.input_ids, out.labels) == reference_labels(tok, msgs, [1]), conv.source
+
+
+def _overlaps_by_loop(offsets, lengths, spans):
+    out, pos = [], 0
+    for n, conv_spans in zip(lengths, spans):
+        for start, end in offsets[pos : pos + n]:
+            out.append(any(start < b and end > a for a, b in conv_spans))
+        pos += n
+    return out
+
+
+def test_overlap_arithmetic_equals_the_per_token_rule():
+    """`_overlaps` against the plain rule `start < b and end > a`, on random conversations with
+    zero-width tokens, tokens straddling span edges, and spans that touch, nest or overlap."""
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        offsets, lengths, text_lengths, spans = [], [], [], []
+        for _ in range(rng.integers(1, 6)):
+            size = int(rng.integers(0, 40))
+            cuts = np.sort(rng.integers(0, size + 1, size=int(rng.integers(0, 30))))
+            starts = cuts
+            ends = np.minimum(size, cuts + rng.integers(0, 4, size=len(cuts)))  # some zero-width
+            offsets += list(zip(starts.tolist(), ends.tolist()))
+            lengths.append(len(cuts))
+            text_lengths.append(size)
+            conv_spans = []
+            for _ in range(rng.integers(0, 4)):
+                a = int(rng.integers(0, size + 1))
+                conv_spans.append((a, int(rng.integers(a, size + 1))))
+            if conv_spans and rng.random() < 0.3:  # a span touching the previous one
+                conv_spans.append((conv_spans[-1][1], size))
+            spans.append([s for s in conv_spans if s[1] > s[0]])
+        got = _overlaps(
+            np.asarray(offsets, dtype=np.int64).reshape(-1, 2),
+            np.asarray(lengths, dtype=np.int64),
+            np.asarray(text_lengths, dtype=np.int64),
+            spans,
+        )
+        assert got.tolist() == _overlaps_by_loop(offsets, lengths, spans)
+
+
+def test_a_fast_path_that_disagrees_on_the_probe_is_not_used(tok, monkeypatch):
+    from lmtune.tokenize import masking
+
+    class Wrong:
+        def render(self, **variables):
+            return "<something else>"
+
+    monkeypatch.setattr(masking, "_compiled_template", lambda template: Wrong())
+    assert ChatRenderer(tok).compiled is None
+    out = tokenize_conversation(tok, MULTI)
+    assert (out.input_ids, out.labels) == reference_labels(tok, MULTI, [1, 3, 5])
+
+
+def test_a_template_that_rejects_the_probe_takes_the_standard_path(tok):
+    # A template with input checks of its own that the probe conversation happens to fail.
+    check = "{% if messages[0]['content'] == 'Hi' %}{{ raise_exception('say more than Hi') }}{% endif %}"
+    tok.chat_template = check + tok.chat_template
+    assert ChatRenderer(tok).compiled is None
+    out = tokenize_conversation(tok, MULTI)
+    assert (out.input_ids, out.labels) == reference_labels(tok, MULTI, [1, 3, 5])

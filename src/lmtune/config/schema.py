@@ -177,6 +177,11 @@ class DataSection(Section):
         "to itself, so no compute is spent on padding. auto: on, except for prefix/prompt/ptuning, whose "
         "virtual tokens must precede every sample.",
     )
+    cache: bool = Field(
+        True,
+        description="sft: reuse tokenised samples cached by a hash of the records, tokenizer and settings "
+        "($LMTUNE_CACHE, default ~/.cache/lmtune/tokenized).",
+    )
     group_by_length: bool = Field(
         False,
         description="Without packing: batch samples of similar length together (less padding; "

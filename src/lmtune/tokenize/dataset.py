@@ -7,10 +7,12 @@ masked) becomes a Reject with the record's source, so the rejects file accounts 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from lmtune.data.records import Conversation, Reject
-from lmtune.tokenize.masking import IGNORE, MaskingError, Tokenized, tokenize_conversation
+from lmtune.tokenize.cache import cached_outcomes
+from lmtune.tokenize.masking import IGNORE, MaskingError, Tokenized, tokenize_conversations
 
 
 @dataclass
@@ -18,6 +20,10 @@ class TokenizedSet:
     samples: list[Tokenized] = field(default_factory=list)
     sources: list[str] = field(default_factory=list)
     rejects: list[Reject] = field(default_factory=list)
+    # Where the set was cached and whether it came from there (not part of equality: a cached set
+    # equals the freshly computed one).
+    cache_file: Path | None = field(default=None, compare=False, repr=False)
+    cache_hit: bool = field(default=False, compare=False, repr=False)
 
     def stats(self) -> dict[str, Any]:
         lengths = sorted(len(s.input_ids) for s in self.samples)
@@ -40,32 +46,52 @@ def percentiles(sorted_values: list[int], points: tuple[int, ...] = (0, 50, 90, 
 
 
 def tokenize_records(
-    records: list[Conversation], tokenizer: Any, *, max_length: int, train_on: str
+    records: list[Conversation],
+    tokenizer: Any,
+    *,
+    max_length: int,
+    train_on: str,
+    cache_dir: str | Path | None = None,
 ) -> TokenizedSet:
+    """Tokenise and mask every record; the ones that cannot be trained on become rejects.
+
+    With `cache_dir`, the result is looked up under a hash of the records, the tokenizer and the
+    settings (lmtune.tokenize.cache) and stored there after computing, so the same data is
+    tokenised once; `default_cache_dir()` gives the standard place.
+    """
+
+    def compute() -> list[Tokenized | MaskingError]:
+        convs = [([m.to_dict() for m in conv.messages], conv.tools) for conv in records]
+        return tokenize_conversations(tokenizer, convs, max_length=max_length, train_on=train_on)
+
     out = TokenizedSet()
-    for conv in records:
-        messages = [m.to_dict() for m in conv.messages]
-        try:
-            sample = tokenize_conversation(
-                tokenizer, messages, tools=conv.tools, max_length=max_length, train_on=train_on
-            )
-        except MaskingError as err:
-            file, _, num = conv.source.rpartition("#")
-            out.rejects.append(
-                Reject(
-                    file=file or conv.source,
-                    record=int(num) if num.isdigit() else None,
-                    line=None,
-                    field="messages",
-                    reason=err.reason,
-                    message=str(err),
-                    raw=conv.to_dict(),
-                )
-            )
-            continue
-        out.samples.append(sample)
-        out.sources.append(conv.source)
+    if cache_dir is None or not records:
+        outcomes = compute()
+    else:
+        outcomes, out.cache_file, out.cache_hit = cached_outcomes(
+            cache_dir, records, tokenizer, max_length=max_length, train_on=train_on, compute=compute
+        )
+    for conv, outcome in zip(records, outcomes):
+        if isinstance(outcome, MaskingError):
+            out.rejects.append(masking_reject(conv, outcome.reason, str(outcome)))
+        else:
+            out.samples.append(outcome)
+            out.sources.append(conv.source)
     return out
+
+
+def masking_reject(conv: Conversation, reason: str, message: str) -> Reject:
+    """The Reject for a record that cannot be masked, pointing back at its file and record number."""
+    file, _, num = conv.source.rpartition("#")
+    return Reject(
+        file=file or conv.source,
+        record=int(num) if num.isdigit() else None,
+        line=None,
+        field="messages",
+        reason=reason,
+        message=message,
+        raw=conv.to_dict(),
+    )
 
 
 class SampleDataset:

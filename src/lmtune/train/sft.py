@@ -15,6 +15,7 @@ MASKING_REASONS = ("no_trained_tokens", "no_trained_turn", "template_not_prefix_
 
 
 def run(cfg: RunConfig, *, resume: bool = False, console: Any = None) -> RunResult:
+    from lmtune.tokenize.cache import default_cache_dir
     from lmtune.tokenize.dataset import tokenize_records
     from lmtune.tokenize.templates import apply_template_choice
 
@@ -23,9 +24,12 @@ def run(cfg: RunConfig, *, resume: bool = False, console: Any = None) -> RunResu
 
     tokenizer = s.load_tokenizer()
     template = apply_template_choice(tokenizer, cfg.data.template)
-    kw = {"max_length": cfg.data.max_length, "train_on": cfg.data.train_on}
+    cache_dir = default_cache_dir() if cfg.data.cache else None
+    kw = {"max_length": cfg.data.max_length, "train_on": cfg.data.train_on, "cache_dir": cache_dir}
     train_set = tokenize_records(data.train, tokenizer, **kw)
     val_set = tokenize_records(data.val, tokenizer, **kw)
+    if train_set.cache_hit:
+        s.console.print(f"Tokenised samples reused from the cache: {train_set.cache_file}")
     rejects = data.rejects + train_set.rejects + val_set.rejects
     info = {**data.info, "train": train_set.stats(), "validation": val_set.stats(), "template": template}
     s.finish_data(info, rejects, trainable=len(train_set.samples), stage_reasons=MASKING_REASONS)
