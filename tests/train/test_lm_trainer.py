@@ -99,3 +99,43 @@ def test_speed_summary_counts_real_tokens_and_leaves_out_the_first_step():
     s = speed.summary()
     assert s["steady_tokens_per_second"] == pytest.approx(300.0)
     assert s["compile_seconds"] == pytest.approx(0.0)
+
+
+def losses_of_a_short_run(tmp_path, compile_mode):
+    model = tiny()
+    speed = SpeedCallback(compile_mode=compile_mode, device="cpu")
+    args = TrainingArguments(
+        output_dir=str(tmp_path / str(compile_mode)),
+        per_device_train_batch_size=2,
+        max_steps=4,
+        learning_rate=1e-3,
+        train_sampling_strategy="sequential",
+        use_cpu=True,
+        report_to=[],
+        save_strategy="no",
+        remove_unused_columns=False,
+        disable_tqdm=True,
+        logging_steps=1,
+        include_num_input_tokens_seen="non_padding",
+    )
+    packed = rows()
+    trainer = LMTrainer(
+        model=model,
+        args=args,
+        train_dataset=PackedDataset(packed),
+        data_collator=PackedCollator(0, pad_to=30),
+        callbacks=[speed],
+        loss_chunk=16,
+    )
+    trainer.train()
+    return [h["loss"] for h in trainer.state.log_history if "loss" in h], speed.summary(), packed
+
+
+def test_torch_compile_trains_the_same_and_reports_its_cost(tmp_path):
+    eager, eager_speed, packed = losses_of_a_short_run(tmp_path, False)
+    compiled, compiled_speed, _ = losses_of_a_short_run(tmp_path, True)
+    assert compiled == pytest.approx(eager, rel=1e-4)
+    # Real tokens are the rows' tokens, never the padding up to the row width.
+    assert eager_speed["real_tokens"] == sum(r.real_tokens for r in packed) < 8 * 30
+    assert eager_speed["compile_seconds"] is None
+    assert compiled_speed["compile"] is True and compiled_speed["compile_seconds"] is not None
