@@ -29,6 +29,7 @@ COMMANDS = [
     ["config", "show"],
     ["models"],
     ["models", "import-gguf"],
+    ["estimate"],
 ]
 
 

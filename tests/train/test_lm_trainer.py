@@ -139,3 +139,29 @@ def test_torch_compile_trains_the_same_and_reports_its_cost(tmp_path):
     assert eager_speed["real_tokens"] == sum(r.real_tokens for r in packed) < 8 * 30
     assert eager_speed["compile_seconds"] is None
     assert compiled_speed["compile"] is True and compiled_speed["compile_seconds"] is not None
+
+
+def test_the_decoder_runs_under_bf16_autocast_when_bf16_is_on(tmp_path):
+    """compute_loss calls the decoder itself, outside accelerate's autocast wrapper of forward."""
+    model = tiny()
+    seen = []
+    model.model.layers[0].mlp.register_forward_hook(lambda mod, inp, out: seen.append(out.dtype))
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=2,
+        max_steps=1,
+        use_cpu=True,
+        bf16=True,
+        report_to=[],
+        save_strategy="no",
+        remove_unused_columns=False,
+        disable_tqdm=True,
+    )
+    LMTrainer(
+        model=model,
+        args=args,
+        train_dataset=PackedDataset(rows()),
+        data_collator=PackedCollator(0),
+        loss_chunk=16,
+    ).train()
+    assert seen and set(seen) == {torch.bfloat16}

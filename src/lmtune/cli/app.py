@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from lmtune.cli import config_cmd, data_cmd, infer_cmd, models_cmd, predict_cmd, train_cmd
+from lmtune.cli import config_cmd, data_cmd, estimate_cmd, infer_cmd, models_cmd, predict_cmd, train_cmd
 
 app = typer.Typer(
     name="lmtune",
@@ -19,6 +19,7 @@ app.add_typer(data_cmd.app, name="data", help="Inspect, convert and split data f
 app.add_typer(config_cmd.app, name="config", help="Config reference and resolved configs.")
 app.add_typer(models_cmd.app, name="models", help="Prepare models (GGUF import).")
 app.command("train")(train_cmd.train)
+app.command("estimate")(estimate_cmd.estimate)
 app.command("chat")(infer_cmd.chat)
 app.command("generate")(infer_cmd.generate)
 app.command("predict")(predict_cmd.predict)

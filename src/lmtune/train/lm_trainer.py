@@ -47,8 +47,11 @@ class LMTrainer(Trainer):
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         labels = inputs.pop("labels")
         decoder, head = decoder_and_head(model)
-        hidden = decoder(**inputs).last_hidden_state
-        total = chunked_lm_loss_sum(hidden, head, labels, self.loss_chunk)
+        # Calling the decoder directly skips the mixed-precision autocast accelerate wraps around
+        # model.forward, so it is entered here.
+        with self.accelerator.autocast():
+            hidden = decoder(**inputs).last_hidden_state
+            total = chunked_lm_loss_sum(hidden, head, labels, self.loss_chunk)
         count = num_items_in_batch if num_items_in_batch is not None else (labels[:, 1:] != IGNORE).sum()
         loss = total / count
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:

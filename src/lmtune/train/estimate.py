@@ -1,0 +1,623 @@
+"""How much memory a training run will need, predicted before any weight is loaded.
+
+`lmtune estimate` prints it; `train.gradient_checkpointing: auto` asks it whether the run fits
+without checkpointing (which costs about a third more compute). The model is built from its config
+on the meta device (no memory), the method is put on it and the parameters are counted; the rest
+is arithmetic over that model's shapes, each term counted from what PyTorch allocates:
+
+    peak = overhead + weights + max(gradients + optimizer + activations + loss,  # a training step
+                                    loading)                                     # load / cast back
+
+- weights: trained parameters float32; frozen ones bf16 when bf16 is on and the method saves only
+  what it trains (train.bf16_frozen), else float32; QLoRA's quantised Linear weights ~0.5 byte.
+- gradients: 4 bytes per trained parameter; optimizer: AdamW 8, the 8-bit AdamW 2.
+- activations: what autograd keeps for the backward pass, counted op by op per decoder layer
+  (`_layer_bytes`), plus one layer's working memory; with checkpointing each layer's input only,
+  plus one layer recomputed.
+- loss: one train.loss_chunk of float32 logits and its logsumexp temporary, or the whole batch's.
+- overhead: this process's resident memory, measured once torch, transformers, PEFT and the
+  Trainer are imported, as they are in a training process.
+- loading: above the final weights while loading (float32 file pages while frozen weights are cast
+  to bf16, a GGUF's mapping and dequantisation buffers) or casting back to float32 at the end.
+
+This is the memory the tensors need. glibc's malloc keeps freed blocks under 32 MiB in its heap,
+so a process's resident size (RSS) runs above it, by up to ~30% for small models on CPU (measured:
+docs/estimate.md).
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import re
+from dataclasses import dataclass, field
+from importlib.util import find_spec
+from pathlib import Path
+from typing import Any
+
+from lmtune.config.schema import RunConfig
+from lmtune.errors import ConfigError, LmtuneError, ModelError
+
+PROMPT_LEARNING = ("prefix", "prompt", "ptuning")
+SAVES_FROZEN_WEIGHTS = ("full", "freeze")  # their frozen weights are saved, so they stay float32
+PEFT_METHODS = ("lora", "qlora", "ia3", "ln_tuning", *PROMPT_LEARNING)  # reference model = adapter off
+REFERENCE_LOSSES = ("sigmoid", "ipo", "hinge", "kto")  # preference losses that need a reference model
+CUDA_CONTEXT = 600 * 2**20  # CUDA context + cuBLAS workspace, which mem_get_info cannot see in advance
+_OUT_PROJ = ("o_proj", "out_proj")  # its input is the attention output, already kept by SDPA
+
+
+class EstimateError(ModelError):
+    """The model loads, but the estimate does not understand its shape (training is not blocked)."""
+
+
+@dataclass
+class MemoryEstimate:
+    """Predicted memory of one training run, in bytes."""
+
+    parameters: int
+    trainable: int
+    weights: int
+    gradients: int
+    optimizer: int
+    activations: int
+    loss: int
+    overhead: int
+    gradient_checkpointing: bool
+    loading: int = 0  # above `weights`, while the model loads (before training allocates anything)
+    activations_kept: int = 0  # what autograd keeps: `activations` less the backward's working memory
+    tokens_per_step: int = 0  # per forward pass (one micro-batch)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def training(self) -> int:
+        """What a training step holds on top of the weights."""
+        return self.gradients + self.optimizer + self.activations + self.loss
+
+    @property
+    def peak(self) -> int:
+        return self.overhead + self.weights + max(self.training, self.loading)
+
+    def fits(self, limit: int) -> bool:
+        return self.peak <= limit
+
+
+# -- memory sizes -------------------------------------------------------------------------------
+_MEMORY = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([kmgt]?)(i?)(b?)\s*$", re.IGNORECASE)
+
+
+def parse_memory(text: str) -> int:
+    """'24GB' -> 24e9, '24GiB' -> 24 * 2**30, '1.5G' -> 1.5 * 2**30, '512MB' -> 512e6.
+
+    A bare G/M (no B) is binary, as `free -g` prints it; GB is decimal, GiB binary. A number with
+    no unit is refused: "24" is far more likely 24 GB with the unit forgotten than 24 bytes.
+    """
+    match = _MEMORY.match(str(text))
+    if not match or not (match.group(2) or (match.group(4) and not match.group(3))):
+        raise ConfigError(
+            f"--memory '{text}' is not a memory size. Write a number with a unit: 24GB, 24GiB, 512MB or 1.5G."
+        )
+    number, unit, binary, byte = match.groups()
+    base = 1024 if binary or (unit and not byte) else 1000
+    value = int(float(number) * base ** "bkmgt".index(unit.lower() or "b"))
+    if value <= 0:
+        raise ConfigError(f"--memory '{text}' must be more than zero.")
+    return value
+
+
+def format_bytes(n: int) -> str:
+    """Binary units, as `free -h` shows them: 1.50 GiB, 320 MiB."""
+    if abs(n) >= 2**30:
+        return f"{n / 2**30:.2f} GiB"
+    if abs(n) >= 2**20:
+        return f"{n / 2**20:.0f} MiB"
+    return f"{n / 2**10:.0f} KiB"
+
+
+# -- what the machine has ------------------------------------------------------------------------
+def available_memory(device: str) -> int:
+    """Bytes available to a new allocation on `device` now.
+
+    CPU: MemAvailable from /proc/meminfo, capped by the cgroup's limit minus its usage when the
+    process runs in a memory-limited container (v2 or v1). CUDA: free memory of the current GPU.
+    """
+    if device.startswith("cuda"):
+        import torch
+
+        free, _ = torch.cuda.mem_get_info()
+        return int(free)
+    found = [x for x in (_proc_field("/proc/meminfo", "MemAvailable:"), _cgroup_room()) if x is not None]
+    if not found:
+        raise ModelError(
+            "Cannot tell how much memory this machine has (no /proc/meminfo). Pass --memory 16GB."
+        )
+    return min(found)
+
+
+def resident_memory() -> int:
+    """This process's resident set size (VmRSS), in bytes; 0 where /proc is absent."""
+    return _proc_field("/proc/self/status", "VmRSS:") or 0
+
+
+def _proc_field(path: str, key: str) -> int | None:
+    """A 'Key:  123 kB' line of a /proc file, in bytes."""
+    try:
+        line = next(x for x in Path(path).read_text().splitlines() if x.startswith(key))
+        return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+
+
+def _cgroup_room(root: Path = Path("/sys/fs/cgroup")) -> int | None:
+    """limit - usage of this process's memory cgroup (v2, else v1), or None without a limit."""
+    v1 = root / "memory"
+    for limit_file, usage_file in [
+        (root / "memory.max", root / "memory.current"),
+        (v1 / "memory.limit_in_bytes", v1 / "memory.usage_in_bytes"),
+    ]:
+        try:
+            limit_text, usage = limit_file.read_text().strip(), int(usage_file.read_text())
+        except (OSError, ValueError):
+            continue
+        if limit_text == "max" or int(limit_text) >= 2**60:  # v1 says "no limit" with a huge number
+            return None
+        return max(int(limit_text) - usage, 0)
+    return None
+
+
+# -- the model, without its weights ----------------------------------------------------------------
+@dataclass
+class ModelSource:
+    config: Any
+    kind: str  # "folder" | "hub" | "gguf" | "alias-import" (alias whose GGUF is not imported yet)
+    gguf: Path | None = None
+    folder: Path | None = None
+    method_options: dict[str, Any] | None = None  # from a previous run's marker
+
+
+def model_source(cfg: RunConfig) -> ModelSource:
+    """The model config `cfg.model.name` points at, read without loading any weight.
+
+    An alias that was never imported is read from its GGUF (importing it would take half a minute);
+    a previous run directory stands for its base model, with the options it was trained with.
+    """
+    from lmtune.models.aliases import ALIASES, alias_gguf_path
+    from lmtune.models.resolve import alias_cache_dir, resolve_model_ref
+    from lmtune.run.layout import is_run_dir, read_marker
+
+    name = cfg.model.name
+    options = None
+    if is_run_dir(name):
+        marker = read_marker(name)
+        name, options = marker["base_model"], marker.get("method_options")
+    if str(name).strip().lower() in ALIASES and ALIASES[str(name).strip().lower()].gguf_name:
+        gguf = alias_gguf_path(name)
+        cache = alias_cache_dir(name, gguf)
+        if (cache / "config.json").is_file():
+            return ModelSource(_config(cache), "folder", folder=cache, method_options=options)
+        return ModelSource(_config(gguf.parent, gguf.name), "alias-import", gguf=gguf, method_options=options)
+    ref = resolve_model_ref(name, use_cache=False)
+    if ref.gguf_file:
+        gguf = Path(ref.path) / ref.gguf_file
+        return ModelSource(_config(gguf.parent, gguf.name), "gguf", gguf=gguf, method_options=options)
+    kind = "hub" if ref.kind == "hub" else "folder"
+    folder = None if kind == "hub" else Path(ref.path)
+    return ModelSource(_config(ref.path), kind, folder=folder, method_options=options)
+
+
+def _config(path: Any, gguf_file: str | None = None) -> Any:
+    """A private copy (meta_model edits it) of the config, read once per file version."""
+    file = Path(str(path)) / (gguf_file or "config.json")
+    return copy.deepcopy(_read_config(str(path), gguf_file, file.stat().st_mtime_ns if file.exists() else 0))
+
+
+@functools.lru_cache(maxsize=8)
+def _read_config(path: str, gguf_file: str | None, mtime: int) -> Any:
+    """A model config, read once per file version: parsing a GGUF's metadata takes seconds, and
+    `suggestions` estimates the same model several times."""
+    from transformers import AutoConfig
+
+    try:
+        if gguf_file:
+            return AutoConfig.from_pretrained(path, gguf_file=gguf_file, local_files_only=True)
+        return AutoConfig.from_pretrained(path)
+    except (OSError, ValueError, KeyError) as err:
+        raise ModelError(f"Cannot read the model config of {Path(path) / (gguf_file or '')}: {err}") from err
+
+
+def meta_model(cfg: RunConfig, source: ModelSource) -> Any:
+    """The model with the method on it, on the meta device: shapes and trainable flags, no memory."""
+    import torch
+    from accelerate import init_empty_weights
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    from lmtune.methods.base import get_method, method_options
+
+    config = source.config
+    with init_empty_weights():
+        if cfg.task == "classification":
+            config.num_labels = len(cfg.data.labels or ()) or 2  # the head's size does not matter here
+            if getattr(config, "pad_token_id", None) is None:
+                config.pad_token_id = 0
+            model = AutoModelForSequenceClassification.from_config(config)
+        else:
+            model = AutoModelForCausalLM.from_config(config)
+    model.tie_weights()  # from_config under init_empty_weights leaves tied weights as two tensors
+    name = cfg.method.name
+    opts = method_options(name, source.method_options) if source.method_options else cfg.method
+    # Initialisations that compute from the weights (PiSSA's SVD, a prompt from text) cannot run on
+    # meta; the default ones give the same trainable shapes.
+    if opts.name in ("lora", "qlora"):
+        opts = opts.model_copy(update={"init": "default"})
+    if opts.name == "prompt":
+        opts = opts.model_copy(update={"prompt_init": "random", "prompt_init_text": None})
+    # QLoRA quantises the base while loading, which needs real weights: its adapter is LoRA's on the
+    # same modules, so LoRA's prepare counts its trainable parameters; `weights` prices the 4-bit base.
+    method = get_method("lora" if name == "qlora" else name)
+    with torch.device("meta"):
+        return method.prepare(model, opts, task=cfg.task)
+
+
+# -- shapes -------------------------------------------------------------------------------------------
+@dataclass
+class Shape:
+    hidden: int
+    intermediate: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    layers: int
+    vocab: int
+
+    @property
+    def q_dim(self) -> int:
+        return self.heads * self.head_dim
+
+    @property
+    def kv_dim(self) -> int:
+        return self.kv_heads * self.head_dim
+
+
+def model_shape(config: Any) -> Shape:
+    """Layer dimensions from a transformers config (Llama-style names, GPT-2/BERT fallbacks)."""
+    text = getattr(config, "get_text_config", lambda: config)()
+
+    def get(*names: str, default: Any = None) -> Any:
+        for n in names:
+            v = getattr(text, n, None)
+            if v is not None:
+                return v
+        return default
+
+    hidden = get("hidden_size", "n_embd", "d_model")
+    heads = get("num_attention_heads", "n_head")
+    layers = get("num_hidden_layers", "n_layer")
+    if not (hidden and heads and layers):
+        raise EstimateError(
+            f"Cannot read the layer sizes of this {type(config).__name__} (hidden size, heads, layers); "
+            "lmtune estimate knows decoder and encoder transformers with the usual config names."
+        )
+    return Shape(
+        hidden=hidden,
+        intermediate=get("intermediate_size", "n_inner", default=4 * hidden) or 4 * hidden,
+        heads=heads,
+        kv_heads=get("num_key_value_heads", default=heads) or heads,
+        head_dim=get("head_dim", default=hidden // heads) or hidden // heads,
+        layers=layers,
+        vocab=get("vocab_size", default=0),
+    )
+
+
+def _decoder_layers(model: Any, count: int) -> list[Any]:
+    import torch
+
+    for _, module in model.named_modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) == count:
+            return list(module)
+    return []
+
+
+def _trains(module: Any) -> bool:
+    return any(p.requires_grad for p in module.parameters())
+
+
+@dataclass
+class LayerCost:
+    """Bytes one decoder layer keeps per token for the backward pass, and per-layer constants."""
+
+    per_token: int
+    fixed: int  # bf16 copies of float32 Linear weights made by autocast and kept for the backward
+
+
+def _layer_bytes(
+    layer: Any, shape: Shape, *, compute: int, seq: int, masked: bool, frozen_bytes: int
+) -> LayerCost:
+    """What autograd keeps for one decoder layer that gradients flow through, counted op by op.
+
+    compute: bytes of the compute dtype (2 under bf16 autocast, 4 in float32). Per token:
+
+    - each norm: its float32 input (4h) and the rstd (4); also the normalised input (4h) when the
+      norm's weight trains;
+    - each Linear whose weight trains: its input in the compute dtype (the attention output
+      projection reads SDPA's saved output instead); a LoRA dropout keeps its float32 output;
+    - SDPA: q, k, v and the output (k and v repeated to all heads when there is a mask), the
+      log-sum-exp per head; with a mask (packed or padded rows) a seq-wide row of it per token;
+    - the MLP's elementwise part: gated (SwiGLU) keeps the gate, its activation and the up
+      projection (3 x intermediate); a plain MLP its activation's input.
+
+    Under autocast every float32 Linear weight is also cast to bf16 for the forward and that copy
+    is kept for the backward: `fixed` counts those.
+    """
+    import torch
+
+    h, a = shape.hidden, compute
+    per_token = fixed = 0
+    gated = 0
+    for name, module in layer.named_modules():
+        cls = type(module).__name__
+        if isinstance(module, torch.nn.Linear):
+            if (
+                module.out_features in (shape.intermediate, 2 * shape.intermediate)
+                and module.in_features == h
+            ):
+                gated += 2 if module.out_features == 2 * shape.intermediate else 1
+            weight = module.weight
+            if weight.requires_grad and not name.endswith(_OUT_PROJ):
+                per_token += a * module.in_features
+            if a == 2 and (weight.requires_grad or frozen_bytes == 4):
+                fixed += 2 * weight.numel()
+        elif "Norm" in cls and getattr(module, "weight", None) is not None:
+            per_token += 4 * h + 4 + (4 * h if module.weight.requires_grad else 0)
+        dropout = getattr(module, "lora_dropout", None)
+        if dropout is not None and hasattr(module, "in_features"):
+            p = [getattr(d, "p", 0) for d in dropout.values()]
+            per_token += sum(4 * module.in_features for x in p if x)
+    kv = shape.q_dim if masked else shape.kv_dim
+    per_token += a * (2 * shape.q_dim + 2 * kv) + 4 * shape.heads + (a * seq if masked else 0)
+    per_token += a * shape.intermediate * (3 if gated >= 2 else 1)
+    return LayerCost(per_token, fixed)
+
+
+# -- the estimate --------------------------------------------------------------------------------------
+def estimate_memory(
+    cfg: RunConfig, *, gradient_checkpointing: bool | None = None, device: str | None = None
+) -> MemoryEstimate:
+    """Predict the training run's memory; `gradient_checkpointing` None means as configured
+    (auto counts as off: that is the question `decide_checkpointing` asks)."""
+    from lmtune.models.load import resolve_device
+    from lmtune.train.args import use_bf16
+
+    device = resolve_device(device or cfg.model.device)
+    source = model_source(cfg)
+    model = meta_model(cfg, source)
+    return _estimate(
+        cfg, model, source, device=device, bf16=use_bf16(cfg.train.bf16, device), ckpt=gradient_checkpointing
+    )
+
+
+def _estimate(
+    cfg: RunConfig, model: Any, source: ModelSource, *, device: str, bf16: bool, ckpt: bool | None
+) -> MemoryEstimate:
+    t, method = cfg.train, cfg.method.name
+    if ckpt is None:
+        ckpt = t.gradient_checkpointing is True
+    shape = model_shape(source.config)
+    notes: list[str] = []
+    params = list(model.parameters())  # each tied tensor once
+    total = sum(p.numel() for p in params)
+    trainable = sum(p.numel() for p in params if p.requires_grad)
+
+    # weights --------------------------------------------------------------------------------------
+    explicit = {"float32": 4, "bfloat16": 2, "float16": 2}.get(cfg.model.dtype)
+    trained_bytes = explicit or 4
+    frozen_bytes = explicit or (2 if bf16 and t.bf16_frozen and method not in SAVES_FROZEN_WEIGHTS else 4)
+    quantised = _quantised_params(model) if method == "qlora" else 0
+    frozen = total - trainable - quantised
+    # bitsandbytes 4-bit: half a byte, plus an absmax per 64 weights (float32, or 8-bit when double
+    # quantised); 8-bit: a byte
+    per_quantised = 1.0 if cfg.method.bits == 8 else 0.5 + (1 if cfg.method.double_quant else 4) / 64
+    weights = trainable * trained_bytes + frozen * frozen_bytes + int(quantised * per_quantised)
+    if method == "qlora":
+        notes.append(f"qlora: {quantised:,} Linear weights at {per_quantised:.2f} bytes each (bitsandbytes)")
+    if cfg.task == "preference" and method not in PEFT_METHODS and cfg.preference.loss in REFERENCE_LOSSES:
+        weights += weights  # TRL's reference model: a frozen copy of the starting model
+        notes.append("preference: a frozen copy of the model serves as the reference model")
+
+    # gradients and optimizer ------------------------------------------------------------------------
+    gradients = trainable * trained_bytes
+    optimizer = trainable * (2 if t.optim == "adamw_8bit" else 2 * trained_bytes)
+
+    # tokens per forward pass ------------------------------------------------------------------------
+    seq = cfg.data.max_length + (cfg.method.num_virtual_tokens if method in PROMPT_LEARNING else 0)
+    rows = t.batch_size * (2 if cfg.task == "preference" else 1)  # chosen and rejected, side by side
+    tokens = rows * seq
+    packing = cfg.task == "sft" and (
+        cfg.data.packing is True or (cfg.data.packing == "auto" and method not in PROMPT_LEARNING)
+    )
+    flash = cfg.model.attn_implementation == "flash_attention_2" or (
+        device == "cuda" and cfg.model.attn_implementation == "auto" and find_spec("flash_attn") is not None
+    )
+    masked = not flash and (packing or rows > 1)  # a block-diagonal or padding mask for SDPA
+
+    # activations ------------------------------------------------------------------------------------
+    compute = 2 if (bf16 or explicit == 2) else 4
+    embeddings = model.get_input_embeddings()
+    stream = 2 if frozen_bytes == 2 and not _trains(embeddings) else trained_bytes  # the residual stream
+    flowing = method in PROMPT_LEARNING or _trains(embeddings)
+    costs: list[LayerCost] = []
+    for layer in _decoder_layers(model, shape.layers):
+        flowing = flowing or _trains(layer)
+        if flowing:
+            costs.append(
+                _layer_bytes(layer, shape, compute=compute, seq=seq, masked=masked, frozen_bytes=frozen_bytes)
+            )
+    if not costs and trainable:  # layers not found: a generic layer (norms, attention, gated MLP)
+        notes.append("decoder layers not found: activations priced for a generic layer")
+        generic = 8 * shape.hidden + compute * (4 * shape.q_dim + 3 * shape.intermediate)
+        costs = [LayerCost(generic, 0)] * shape.layers
+    biggest = max(costs, key=lambda c: c.per_token * tokens + c.fixed, default=LayerCost(0, 0))
+    one_layer = biggest.per_token * tokens + biggest.fixed
+    final_norm = (4 * shape.hidden + 4) * tokens if costs else 0
+    if ckpt:  # each layer's input; the backward recomputes one layer and works on its gradients
+        kept = len(costs) * stream * shape.hidden * tokens + final_norm
+        activations = kept + 2 * one_layer
+    else:  # every layer's saved tensors; the backward works on one layer's gradients at a time
+        kept = sum(c.per_token * tokens + c.fixed for c in costs) + final_norm
+        activations = kept + one_layer
+
+    # loss -------------------------------------------------------------------------------------------
+    head = model.get_output_embeddings()
+    head_bytes = trained_bytes if head is not None and head.weight.requires_grad else frozen_bytes
+    loss = _loss_bytes(
+        cfg, model, shape, tokens=tokens, stream=stream, compute=compute, head_bytes=head_bytes
+    )
+
+    # overhead and loading -----------------------------------------------------------------------------
+    if device.startswith("cuda"):
+        overhead, loading = CUDA_CONTEXT, 0
+        notes.append("cuda: overhead is the CUDA context; host memory is not counted")
+    else:
+        import transformers.trainer  # noqa: F401  training imports it (and accelerate): ~90 MiB to count
+
+        overhead = resident_memory()
+        if source.kind == "alias-import":
+            notes.append("the alias's GGUF is imported on first use (once); model loading includes it")
+        cast = frozen if frozen_bytes == 2 and not explicit else 0
+        loading = _loading_bytes(
+            source, total=total, cast=cast, quantised=quantised, weights=weights, optimizer=optimizer
+        )
+    return MemoryEstimate(
+        parameters=total,
+        trainable=trainable,
+        weights=weights,
+        gradients=gradients,
+        optimizer=optimizer,
+        activations=activations,
+        loss=loss,
+        overhead=overhead,
+        gradient_checkpointing=ckpt,
+        loading=loading,
+        activations_kept=kept,
+        tokens_per_step=tokens,
+        notes=notes,
+    )
+
+
+def _quantised_params(model: Any) -> int:
+    """Weights bitsandbytes quantises: every Linear in the base model except the output head."""
+    import torch
+
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    seen: set[int] = set()
+    n = 0
+    for name, module in model.named_modules():
+        if not isinstance(module, torch.nn.Linear) or module is head or "lora_" in name:
+            continue
+        if module.weight.requires_grad or id(module.weight) in seen:
+            continue
+        seen.add(id(module.weight))
+        n += module.weight.numel()
+    return n
+
+
+def _loss_bytes(
+    cfg: RunConfig, model: Any, shape: Shape, *, tokens: int, stream: int, compute: int, head_bytes: int
+) -> int:
+    """Output head + cross-entropy at their peak.
+
+    Chunked (lm_loss.LinearCrossEntropy): one chunk's float32 logits and logsumexp's float32
+    temporary (8 bytes per logit; the compute-dtype logits are freed by then), the gathered hidden
+    states and their gradient, bf16 casts of a float32 head, a trained head's float32 gradient.
+    The model's own loss: the batch's logits in the compute dtype, upcast to float32, and the
+    float32 log-softmax kept for the backward pass.
+    """
+    if cfg.task == "classification":
+        return tokens * shape.hidden * 4  # pooled / last-token states and a few labels: small
+    head = model.get_output_embeddings()
+    vocab = shape.vocab or head.weight.shape[0]
+    chunk = cfg.train.loss_chunk
+    if not (chunk > 0 and cfg.task in ("sft", "pretrain") and cfg.method.name not in PROMPT_LEARNING):
+        return tokens * vocab * (compute + 8)
+    extra = 2 * tokens * shape.hidden * stream
+    if compute == 2 and head_bytes == 4:  # autocast's copy and the chunk loop's cast, both bf16
+        extra += 2 * 2 * head.weight.numel()
+    if head.weight.requires_grad:
+        extra += 4 * head.weight.numel()
+    return min(chunk, tokens) * vocab * 8 + extra
+
+
+def _loading_bytes(
+    source: ModelSource, *, total: int, cast: int, quantised: int, weights: int, optimizer: int
+) -> int:
+    """Memory above the final weights while the model loads, or is cast back at the end (CPU).
+
+    A model folder loads as float32 from a memory-mapped safetensors file; casting the frozen
+    weights to bf16 holds both copies at once, and casting them back to float32 after training
+    (the optimizer state still held) needs float32 room again. A GGUF is memory-mapped and
+    dequantised tensor by tensor into float32 (the file plus two buffers of the largest tensor);
+    an alias used for the first time is imported that way before its folder loads.
+    """
+    peak = 4 * (total - quantised) + 2 * cast + _file_bytes(source.folder, skip_fp32=True)
+    if quantised:
+        peak = weights + _file_bytes(source.folder)  # quantised tensor by tensor from the mapped file
+    if source.kind in ("gguf", "alias-import") and source.gguf is not None:
+        gguf_peak = source.gguf.stat().st_size + 2 * 4 * _largest_tensor(source.config) + 4 * total
+        peak = max(peak, gguf_peak) if source.kind == "alias-import" else gguf_peak + 2 * cast
+    after = weights + 2 * cast + optimizer
+    return max(peak - weights, after - weights, 0)
+
+
+def _file_bytes(folder: Path | None, *, skip_fp32: bool = False) -> int:
+    """Size of the safetensors files (touched pages stay resident while they are mapped); zero for
+    float32 files when the float32 parameters are those mapped pages themselves."""
+    import json
+    import struct
+
+    files = sorted(Path(folder).glob("*.safetensors")) if folder is not None else []
+    if skip_fp32 and files:
+        try:
+            with files[0].open("rb") as f:
+                header = json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))
+            if {v.get("dtype") for k, v in header.items() if k != "__metadata__"} == {"F32"}:
+                return 0
+        except (OSError, ValueError, struct.error):
+            pass
+    return sum(f.stat().st_size for f in files)
+
+
+def _largest_tensor(config: Any) -> int:
+    shape = model_shape(config)
+    return max(shape.vocab * shape.hidden, shape.hidden * shape.intermediate)
+
+
+# -- decisions and advice ---------------------------------------------------------------------------
+def decide_checkpointing(cfg: RunConfig, device: str, *, limit: int | None = None) -> tuple[bool, str]:
+    """Whether to checkpoint activations, and a one-line reason to print.
+
+    true/false are the user's; auto turns it on only when the estimate without it does not fit
+    `limit` (default: the memory available on `device` now). Without an estimate (an architecture
+    it does not know, a machine that does not say its memory) auto stays off and says why.
+    """
+    setting = cfg.train.gradient_checkpointing
+    if setting != "auto":
+        return bool(setting), f"train.gradient_checkpointing: {str(setting).lower()}"
+    if cfg.method.name == "prefix":
+        return False, "prefix tuning cannot use it"
+    try:
+        without = estimate_memory(cfg, gradient_checkpointing=False, device=device)
+    except EstimateError as err:
+        return False, f"no memory estimate for this model: {err}"
+    except LmtuneError:
+        raise  # the model cannot be found or read: training would stop on it too, with this sentence
+    except Exception as err:  # an architecture the estimate's meta build does not handle
+        return False, f"no memory estimate for this model ({type(err).__name__}: {err})"
+    try:
+        limit = available_memory(device) if limit is None else limit
+    except ModelError as err:
+        return False, f"available memory unknown ({err})"
+    if without.fits(limit):
+        return False, f"predicted peak {format_bytes(without.peak)} fits in {format_bytes(limit)}"
+    with_it = estimate_memory(cfg, gradient_checkpointing=True, device=device)
+    return True, (
+        f"predicted peak {format_bytes(without.peak)} without it exceeds {format_bytes(limit)}; "
+        f"{format_bytes(with_it.peak)} with it"
+    )
