@@ -391,7 +391,7 @@ class TrainSection(Section):
         "frozen base weights in bf16 (half the memory, no cast per forward); trained ones stay float32.",
     )
     loss_chunk: int = Field(
-        1024,
+        256,
         ge=0,
         description="Compute the output head and cross-entropy only at trained positions, this many at a "
         "time, never holding full-vocabulary logits for the batch. 0: the model's own loss.",

@@ -21,7 +21,7 @@ class LMTrainer(Trainer):
     counts them up front as `num_items_in_batch`), so gradient accumulation changes nothing.
     """
 
-    def __init__(self, *args: Any, loss_chunk: int = 1024, **kwargs: Any):
+    def __init__(self, *args: Any, loss_chunk: int = 256, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.loss_chunk = loss_chunk
         self.chunked_loss_off_because = (
