@@ -171,3 +171,29 @@ def test_resume_is_refused_where_checkpoints_lack_the_prompt_encoder(
     with pytest.raises(ConfigError, match="--resume is not possible for method"):
         train(cfg, resume=True)
     assert not (tmp_path / "run").exists()  # refused before anything is written
+
+
+def test_sft_packs_samples_and_reports_real_token_speed(lora_run):
+    packing = lora_run.summary["data"]["packing"]
+    assert packing["rows"] < lora_run.summary["data"]["train_samples"]  # several samples per row
+    speed = lora_run.summary["speed"]
+    assert speed["real_tokens"] == lora_run.summary["tokens_seen"] > 0
+    assert speed["steady_tokens_per_second"] > 0 and speed["compile"] is False  # auto: off on CPU
+
+
+def test_unpacked_run_groups_similar_lengths(tiny_model_dir, arithmetic_file, tmp_path, monkeypatch):
+    import transformers.trainer as hf_trainer
+
+    made = []
+    real = hf_trainer.LengthGroupedSampler
+
+    def spy(*args, **kwargs):
+        made.append(kwargs.get("lengths"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(hf_trainer, "LengthGroupedSampler", spy)
+    cfg = config(tiny_model_dir, arithmetic_file, tmp_path / "unpacked", max_steps=4)
+    cfg.data.packing, cfg.data.group_by_length = False, True
+    result = train(cfg)
+    assert made and "packing" not in result.summary["data"]
+    assert result.summary["train_loss"]["last"] is not None
