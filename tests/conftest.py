@@ -136,6 +136,25 @@ def sums_file(tmp_path_factory) -> Path:
     return path
 
 
+def tiny_llama(vocab_size: int, *, tie: bool = False, attn: str = "sdpa"):
+    """A seeded, 2-layer, 32-wide random Llama for loss and gradient comparisons (no tokenizer)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=tie,
+        attn_implementation=attn,
+    )
+    return LlamaForCausalLM(config).float()
+
+
 def train_steps(model, batch: dict, steps: int = 8, lr: float = 1e-2) -> list[float]:
     """A plain AdamW loop over one fixed batch: the losses, step by step."""
     import torch

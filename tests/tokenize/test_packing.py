@@ -6,6 +6,7 @@ import random
 
 import pytest
 import torch
+from tests.conftest import tiny_llama as conftest_tiny_llama
 
 from lmtune.tokenize.masking import IGNORE, Tokenized
 from lmtune.tokenize.packing import PackedCollator, best_fit_decreasing, pack_samples, packing_stats
@@ -56,19 +57,7 @@ def test_collator_restarts_positions_per_sample_and_for_padding():
 
 
 def tiny_llama(attn: str):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=300,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        attn_implementation=attn,
-    )
-    return LlamaForCausalLM(config).float()
+    return conftest_tiny_llama(300, attn=attn)
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])

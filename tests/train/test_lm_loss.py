@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tests.conftest import tiny_llama
 
 from lmtune.train.lm_loss import (
     LinearCrossEntropy,
@@ -14,20 +15,7 @@ from lmtune.train.lm_loss import (
 
 
 def tiny(tie: bool = False):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    return LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=257,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            tie_word_embeddings=tie,
-        )
-    )
+    return tiny_llama(257, tie=tie)
 
 
 def batch():

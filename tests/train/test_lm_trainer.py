@@ -6,6 +6,7 @@ import random
 
 import pytest
 import torch
+from tests.conftest import tiny_llama
 from transformers import TrainerCallback, TrainingArguments
 
 from lmtune.tokenize.masking import IGNORE, Tokenized
@@ -14,19 +15,7 @@ from lmtune.train.lm_trainer import LMTrainer, SpeedCallback
 
 
 def tiny():
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    return LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=211,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-        )
-    )
+    return tiny_llama(211)
 
 
 def rows(n: int = 8):

@@ -40,10 +40,11 @@ class LMTrainer(Trainer):
             # no attention mask and no key/value cache.
             inputs.pop("attention_mask", None)
         inputs["use_cache"] = False
+        gathered = num_items_in_batch is not None  # counted by the Trainer, across devices
+        if not gathered:
+            num_items_in_batch = (inputs["labels"][:, 1:] != IGNORE).sum()
         wrapped = model is not self.accelerator.unwrap_model(model)  # DDP/FSDP: forward must go through it
         if self.chunked_loss_off_because or wrapped:
-            if num_items_in_batch is None:
-                num_items_in_batch = (inputs["labels"][:, 1:] != IGNORE).sum()
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         labels = inputs.pop("labels")
         decoder, head = decoder_and_head(model)
@@ -52,9 +53,8 @@ class LMTrainer(Trainer):
         with self.accelerator.autocast():
             hidden = decoder(**inputs).last_hidden_state
             total = chunked_lm_loss_sum(hidden, head, labels, self.loss_chunk)
-        count = num_items_in_batch if num_items_in_batch is not None else (labels[:, 1:] != IGNORE).sum()
-        loss = total / count
-        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+        loss = total / num_items_in_batch
+        if self.args.average_tokens_across_devices and gathered:
             loss = loss * self.accelerator.num_processes
         return (loss, {"loss": loss}) if return_outputs else loss
 

@@ -103,14 +103,13 @@ def cast_frozen(model: Any, dtype: Any, *, source: Any) -> int:
 def release_freed_memory() -> None:
     """Hand memory freed by the allocator back to the OS (glibc keeps freed blocks resident, so
     the float32 copies just replaced would otherwise still count in the process's RSS)."""
+    import contextlib
     import ctypes
     import sys
 
     if sys.platform.startswith("linux"):
-        try:
+        with contextlib.suppress(OSError, AttributeError):  # not glibc (musl): nothing to do
             ctypes.CDLL("libc.so.6").malloc_trim(0)
-        except (OSError, AttributeError):  # not glibc (musl): nothing to do
-            pass
 
 
 # torch.compile: speed-up of a training step and compile seconds per decoder layer. CPU, measured on
