@@ -289,9 +289,11 @@ class Session:
             width = self.cfg.data.max_length
             train_set, val_set = (PackedDataset(pack_samples(x, width)) for x in (train, val))
             self.packing = packing_stats(train_set.rows, width)
+            per_step = self.cfg.train.batch_size * len(train) / max(1, len(train_set))
             self.console.print(
                 f"Packed {len(train)} samples into {len(train_set)} rows of {width} tokens "
-                f"({100 * self.packing['fill']:.1f}% real tokens)"
+                f"({100 * self.packing['fill']:.1f}% real tokens); train.batch_size counts rows, so a "
+                f"step now trains ~{per_step:.0f} samples"
             )
             collator: Any = PackedCollator(pad, pad_to=width if plan.compile is not False else None)
         else:
