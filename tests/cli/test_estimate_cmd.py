@@ -13,6 +13,7 @@ from lmtune.cli.app import app
 from lmtune.config.loader import load_config
 from lmtune.errors import ConfigError
 from lmtune.train import estimate as est
+from lmtune.train import memory
 
 runner = CliRunner()
 MiB = 2**20
@@ -92,7 +93,7 @@ def test_checkpointing_first_when_it_is_enough(config_file, steady_overhead):
     assert re.search(r"fits\s+NO", out)
     lines = [x for x in out.splitlines() if re.match(r"\s+\d\. ", x)]
     assert len(lines) == 1 and "gradient checkpointing" in lines[0] and "(fits)" in lines[0], out
-    assert f"peak {est.format_bytes(with_it)}" in lines[0]
+    assert f"peak {memory.format_bytes(with_it)}" in lines[0]
     assert "--set train.gradient_checkpointing=true" in out
 
 
@@ -104,7 +105,8 @@ def test_suggestions_in_order_each_on_top_of_the_last(config_file, steady_overhe
     # the effective batch (8 x 2) is kept: batch 1 needs 16 accumulation steps
     assert "train.batch_size 1 with train.grad_accum 16" in out
     shown = [
-        est.parse_memory(m.replace(" ", "")) for m in re.findall(r"peak ([\d.]+ [KMG]iB)", "\n".join(lines))
+        memory.parse_memory(m.replace(" ", ""))
+        for m in re.findall(r"peak ([\d.]+ [KMG]iB)", "\n".join(lines))
     ]
     assert shown == sorted(shown, reverse=True) and shown[0] > shown[-1]  # each lowers it (MiB-rounded)
     assert "None of these is enough" in out

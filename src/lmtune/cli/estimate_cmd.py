@@ -41,7 +41,8 @@ def estimate(
     """Predict a training run's peak memory, and what to change when it does not fit."""
     from lmtune.config.loader import load_config
     from lmtune.models.load import resolve_device
-    from lmtune.train.estimate import available_memory, estimate_memory, parse_memory
+    from lmtune.train.estimate import estimate_memory
+    from lmtune.train.memory import available_memory, parse_memory
 
     if device not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"--device '{device}' is not one of auto, cpu, cuda.")
@@ -201,6 +202,6 @@ def _with_overrides(cfg: Any, sets: list[str]) -> Any:
 
 
 def _fmt(n: int) -> str:
-    from lmtune.train.estimate import format_bytes
+    from lmtune.train.memory import format_bytes
 
     return format_bytes(n)
