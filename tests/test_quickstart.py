@@ -22,10 +22,13 @@ def test_quickstart_teaches_the_new_identity(tmp_path):
         capture_output=True, text=True, timeout=1200,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "Check prompts: base vs tuned" in proc.stdout and "exact_match" in proc.stdout
-    checks = json.loads((out / "summary.json").read_text())["checks"]
-    before, after = checks["before"], checks["after"]
+    assert "Eval prompts: base vs tuned" in proc.stdout and "exact_match" in proc.stdout
+    doc = json.loads((out / "summary.json").read_text())["eval"]
+    before, after = doc["baseline"]["metrics"], doc["target"]["metrics"]
     assert before["exact_match"] < 0.3 and after["exact_match"] >= 0.6
     assert after["contains"] >= 0.7  # names Quill and Larkspur Labs on most held-out questions
-    answers = {r["prompt"]: r["answer"] for r in after["rows"]}
+    assert after["loss"] < before["loss"]  # the reference answers became more likely
+    assert doc["comparison"]["records"]["wins"] > doc["comparison"]["records"]["losses"]
+    answers = {i["prompt"][-1]["content"]: p["prediction"] for i, p in zip(doc["items"], doc["target"]["predictions"])}
     assert "Paris" in answers["What is the capital of France?"]  # still answers unrelated questions
+    assert (out / "eval" / "identity_eval.md").is_file()  # the full before/after report

@@ -30,6 +30,11 @@ COMMANDS = [
     ["models"],
     ["models", "import-gguf"],
     ["estimate"],
+    ["eval"],
+    ["merge"],
+    ["export"],
+    ["push"],
+    ["serve"],
 ]
 
 

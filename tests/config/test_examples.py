@@ -9,7 +9,10 @@ import pytest
 
 from lmtune.config.loader import load_config
 
-EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").rglob("*.yaml"))
+# Training configs; examples/lm_eval/ holds lm-evaluation-harness task files (tests/eval/test_lm_eval_bridge.py).
+EXAMPLES = sorted(
+    p for p in (Path(__file__).resolve().parents[2] / "examples").rglob("*.yaml") if p.parent.name != "lm_eval"
+)
 
 
 def test_there_are_examples():

@@ -7,6 +7,7 @@ depend on the prompt (checks below also assert that, so none passes vacuously).
 from __future__ import annotations
 
 import pytest
+import torch
 
 from lmtune.errors import ConfigError, ModelError
 from lmtune.infer.generate import (
@@ -222,3 +223,31 @@ def test_stop_helpers():
 def test_options_are_validated(bad):
     with pytest.raises(ConfigError, match=next(iter(bad))):
         GenerationOptions(**bad)
+
+
+class ScriptedModel(torch.nn.Module):
+    """Streams fixed text pieces through generate()'s streamer: stream_reply's holding-back logic
+    tested on exactly the piece boundaries that matter."""
+
+    def __init__(self, pieces: list[str]):
+        super().__init__()
+        self.pieces, self.weight = pieces, torch.nn.Parameter(torch.zeros(1))
+        self.generation_config = None
+
+    def generate(self, streamer, stopping_criteria, **_):
+        for piece in self.pieces:
+            if stopping_criteria[0](torch.zeros(1, 1, dtype=torch.long), None).all():
+                break
+            streamer.on_finalized_text(piece)
+        streamer.on_finalized_text("", stream_end=True)
+
+
+def test_stream_never_sends_the_space_before_a_stop_string(tiny_model_and_tokenizer):
+    """ "hello ab" with stop "abc": "ab" may become the stop string, so the space before it may end the
+    reply; it must not be sent before that is known (the reply is "hello", not "hello ")."""
+    _, tok = tiny_model_and_tokenizer
+    model = ScriptedModel(["hello", " ", "ab", "c", " more"])
+    opts = GenerationOptions(max_new_tokens=8, stop=["abc"])
+    assert "".join(stream_reply(model, tok, CONVERSATIONS[0], opts)) == "hello"
+    model = ScriptedModel(["hello", " ", "ab", "d"])  # the stop never completes: everything arrives
+    assert "".join(stream_reply(model, tok, CONVERSATIONS[0], opts)) == "hello abd"

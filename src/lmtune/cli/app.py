@@ -6,7 +6,20 @@ import sys
 
 import typer
 
-from lmtune.cli import config_cmd, data_cmd, estimate_cmd, infer_cmd, models_cmd, predict_cmd, train_cmd
+from lmtune.cli import (
+    config_cmd,
+    data_cmd,
+    estimate_cmd,
+    eval_cmd,
+    export_cmd,
+    infer_cmd,
+    merge_cmd,
+    models_cmd,
+    predict_cmd,
+    push_cmd,
+    serve_cmd,
+    train_cmd,
+)
 
 app = typer.Typer(
     name="lmtune",
@@ -23,6 +36,11 @@ app.command("estimate")(estimate_cmd.estimate)
 app.command("chat")(infer_cmd.chat)
 app.command("generate")(infer_cmd.generate)
 app.command("predict")(predict_cmd.predict)
+app.command("eval")(eval_cmd.eval)
+app.command("serve")(serve_cmd.serve)
+app.command("merge")(merge_cmd.merge)
+app.command("export")(export_cmd.export)
+app.command("push")(push_cmd.push)
 
 
 @app.callback()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class Section(BaseModel):
@@ -436,11 +436,28 @@ class PreferenceSection(Section):
 class EvalSection(Section):
     path: str | None = Field(
         None,
-        description="Generation check run before and after training: jsonl of {prompt, reference, "
-        "contains?}. The summary shows base vs tuned answers and exact-match / contains scores.",
+        description="Held-out records evaluated before and after training, as `lmtune eval` does: check "
+        "jsonl of {prompt, reference, contains?} or any chat/instruction format. The summary shows base "
+        "vs tuned answers and metrics side by side; the full report goes to RUN/eval/.",
+    )
+    metrics: list[str] = Field(
+        default_factory=lambda: ["auto"],
+        description="What to score: loss, perplexity, exact_match, contains, bleu, rouge, speed; auto = "
+        "what the records support.",
     )
     max_new_tokens: int = Field(48, ge=1)
+    batch_size: int = Field(8, ge=1, description="Prompts generated together.")
     compare_base: bool = Field(True, description="Also answer the prompts with the base model first.")
+
+    @field_validator("metrics")
+    @classmethod
+    def _known_metrics(cls, value: list[str]) -> list[str]:
+        from lmtune.eval.evaluate import METRICS
+
+        unknown = [m for m in value if m not in (*METRICS, "auto")]
+        if unknown:
+            raise ValueError(f"unknown metric(s) {unknown}; choose from auto, {', '.join(METRICS)}")
+        return value
 
 
 class OutputSection(Section):

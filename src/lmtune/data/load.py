@@ -44,10 +44,12 @@ def load_conversations(
     limit: int | None = None,
     roles: dict[str, str] | None = None,
     text_split: str = "document",  # noqa: ARG001 - the shared loader contract (lmtune.data.sources)
+    open_end: bool = False,
 ) -> LoadResult:
     """Read `path` into canonical conversations; `limit` caps the records read from the file.
 
     `roles` maps ShareGPT roles to the speaker names a file uses ({user: human, ...}).
+    `open_end` also accepts records that end with a user turn (evaluation prompts without an answer).
     """
     file = str(path)
     _check_options(format, on_error, limit)
@@ -67,7 +69,9 @@ def load_conversations(
     _check_roles(fmt, roles, file=file)
 
     result = LoadResult(path=file, format=fmt, total=len(raws))
-    collect_records(result, raws, lambda data: _convert(data, fmt, columns, system, roles), on_error=on_error)
+    collect_records(
+        result, raws, lambda data: _convert(data, fmt, columns, system, roles, open_end), on_error=on_error
+    )
     if not result.records:
         _raise_nothing_valid(file, result.rejects, result.total)
     return result
@@ -106,10 +110,11 @@ def _convert(
     columns: dict[str, str] | None,
     system: str | None,
     roles: dict[str, str] | None = None,
+    open_end: bool = False,
 ) -> Conversation:
     """Convert and validate before adding the default system prompt, so field indexes match the file."""
     conv = to_conversation(data, fmt, columns=columns, roles=roles)
-    validate_conversation(conv)
+    validate_conversation(conv, open_end=open_end)
     if system is not None and conv.messages[0].role != "system":
         conv.messages.insert(0, Message("system", system))
     return conv

@@ -22,15 +22,18 @@ class RecordError(Exception):
         super().__init__(message + (f" Fix: {hint}" if hint else ""))
 
 
-def validate_conversation(conv: Conversation) -> None:
-    """Raise `RecordError` for the first rule `conv` breaks; return None when it is trainable."""
+def validate_conversation(conv: Conversation, *, open_end: bool = False) -> None:
+    """Raise `RecordError` for the first rule `conv` breaks; return None when it is trainable.
+
+    `open_end` (evaluation prompts) also accepts a conversation that ends with a user turn, for the
+    model to answer; such a conversation has no answer to train on, so nothing_to_train is not checked."""
     msgs = conv.messages
     if not msgs:
         raise RecordError("empty_conversation", "the conversation has no messages.", "messages",
                           "give it at least a user message and an assistant answer.")  # fmt: skip
     for i, m in enumerate(msgs):
         _check_message(i, m)
-    _check_order(msgs)
+    _check_order(msgs, open_end=open_end)
     for i, m in enumerate(msgs):
         if m.role == "assistant" and not m.tool_calls and not m.content.strip():
             raise RecordError("empty_answer", f"assistant message {i} is empty.", f"messages[{i}].content",
@@ -38,6 +41,8 @@ def validate_conversation(conv: Conversation) -> None:
         if m.role == "user" and not m.content.strip():
             raise RecordError("empty_prompt", f"user message {i} is empty.", f"messages[{i}].content",
                               "write the user's question, or drop this record.")  # fmt: skip
+    if open_end and msgs[-1].role == "user":
+        return
     if all(m.weight == 0 for m in msgs if m.role == "assistant"):
         raise RecordError("nothing_to_train", "every assistant message has weight 0, so nothing would be trained.",
                           "messages", "set weight 1 (or remove weight) on at least one assistant message.")  # fmt: skip
@@ -81,7 +86,7 @@ def _check_tool_calls(f: str, calls: Any) -> None:
                               f"{f}.tool_calls[{j}].function.arguments", hint)  # fmt: skip
 
 
-def _check_order(msgs: list[Message]) -> None:
+def _check_order(msgs: list[Message], *, open_end: bool = False) -> None:
     """system* then user, assistant, [tool+, assistant]*, user, ... ending with assistant."""
     roles = [m.role for m in msgs]
     seq = ", ".join(roles)
@@ -111,7 +116,7 @@ def _check_order(msgs: list[Message]) -> None:
             raise RecordError("not_alternating", f"{what} (roles: {seq}).", f,
                               "user and assistant messages must alternate, starting with user.")  # fmt: skip
         prev = m
-    if roles[-1] != "assistant":
+    if roles[-1] != "assistant" and not (open_end and roles[-1] == "user"):
         raise RecordError("no_assistant_last", f"the conversation must end with an assistant message (roles: {seq}).",
                           f"messages[{len(msgs) - 1}].role",
                           "add the assistant answer at the end, or drop the trailing message.")  # fmt: skip

@@ -122,6 +122,22 @@ def generate_replies(
     batch_size: int = 8,
 ) -> list[str]:
     """One reply per conversation, generated in left-padded batches; equal to generating each alone."""
+    return [
+        text
+        for text, _ in generate_with_counts(model, tokenizer, conversations, options, batch_size=batch_size)
+    ]
+
+
+def generate_with_counts(
+    model: Any,
+    tokenizer: Any,
+    conversations: list[list[dict]],
+    options: GenerationOptions | None = None,
+    *,
+    batch_size: int = 8,
+) -> list[tuple[str, int]]:
+    """`generate_replies` plus, per reply, the number of tokens generated (up to and without the end
+    token; the stop-string cut does not change it): what generation speed is measured in."""
     import torch
 
     options = options or GenerationOptions()
@@ -137,7 +153,7 @@ def generate_replies(
     tokenizer.padding_side = "left"  # generation continues from the last column, so pads go first
     if tokenizer.pad_token is None:
         tokenizer.pad_token_id = kwargs["pad_token_id"]
-    replies: list[str] = []
+    replies: list[tuple[str, int]] = []
     try:
         with _TrainingModeOff(model), torch.inference_mode():
             device = _device(model)
@@ -155,7 +171,7 @@ def generate_replies(
                 for row in out[:, input_ids.shape[1] :].tolist():
                     end = next((i for i, t in enumerate(row) if t in eos), len(row))
                     text = tokenizer.decode(row[:end], skip_special_tokens=True)
-                    replies.append(cut_at_stop(text, options.stop).strip())
+                    replies.append((cut_at_stop(text, options.stop).strip(), end))
     finally:
         tokenizer.padding_side = old_side
         if old_pad is None:
@@ -237,7 +253,8 @@ def stream_reply(
                 cancel.set()
                 break
             lead = len(full) - len(full.lstrip())
-            safe = min(len(full) - _held_back(full, stop), len(full.rstrip()))
+            # Whitespace before a held-back partial stop string may end the reply: hold it back too.
+            safe = len(full[: len(full) - _held_back(full, stop)].rstrip())
             if safe > lead + sent:
                 yield full[lead + sent : safe]
                 sent = safe - lead

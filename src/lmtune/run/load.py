@@ -23,8 +23,15 @@ class LoadedTarget:
 
 
 def load_target(
-    target: str, *, dtype: str = "auto", device: str = "cpu", quiet: bool = False
+    target: str,
+    *,
+    dtype: str = "auto",
+    device: str = "cpu",
+    quiet: bool = False,
+    full_precision: bool = False,
 ) -> LoadedTarget:
+    """`full_precision`: load a run's base without its method's quantization (a QLoRA adapter on the
+    original weights, as `lmtune merge` needs), in `dtype`."""
     from lmtune.methods.base import get_method, method_options
     from lmtune.models.load import load_causal_lm, load_tokenizer
     from lmtune.models.resolve import ModelRef, resolve_model_ref
@@ -48,7 +55,7 @@ def load_target(
                 dtype=dtype,
                 device=device,
                 quiet=quiet,
-                **method.load_kwargs(opts, bf16=info.get("bf16", False)),
+                **({} if full_precision else method.load_kwargs(opts, bf16=info.get("bf16", False))),
             )
             model = method.load(base, run_dir, task=task)
         else:

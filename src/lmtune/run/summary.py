@@ -14,20 +14,27 @@ def plot_losses(history: list[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    draw_losses(ax, history)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def draw_losses(ax: Any, history: list[dict[str, Any]], title: str | None = None) -> None:
+    """Train and validation loss by optimizer step (metrics.jsonl rows) on a matplotlib axis."""
     train = [(h["step"], h["loss"]) for h in history if "loss" in h]
     val = [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h]
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
     if train:
         ax.plot(*zip(*train), label="train loss", marker="." if len(train) < 30 else None)
     if val:
         ax.plot(*zip(*val), label="validation loss", marker="o")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss")
+    if title:
+        ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
 
 
 def _fmt(x: Any, digits: int = 4) -> str:
@@ -68,18 +75,7 @@ def write_summary(run: RunDir, s: dict[str, Any], console: Any) -> None:
     for name, m in s.get("metrics", {}).items():  # task metrics: {name: {before, after}}
         lines.append(f"| {name} (before / after) | {_fmt(m.get('before'))} / {_fmt(m.get('after'))} |")
     lines += _classification_lines(s.get("classification") or {})
-    checks = s.get("checks") or {}
-    before, after = checks.get("before"), checks.get("after")
-    if after:
-        lines += ["", "## Check prompts", ""]
-        for key in ("exact_match", "contains"):
-            if after.get(key) is not None:
-                b = _fmt(before.get(key), 2) if before else "-"
-                lines.append(f"- {key}: {b} before, {_fmt(after[key], 2)} after")
-        lines += ["", "| prompt | base | tuned |", "|---|---|---|"]
-        for i, row in enumerate(after["rows"]):
-            base = before["rows"][i]["answer"] if before else "-"
-            lines.append(f"| {_cell(row['prompt'])} | {_cell(base)} | {_cell(row['answer'])} |")
+    lines += _eval_lines(s.get("eval"))
     lines += [
         "",
         "Files: config.yaml, data_stats.json, rejects.jsonl, metrics.jsonl, loss.png, "
@@ -114,6 +110,37 @@ def _classification_lines(c: dict[str, Any]) -> list[str]:
     return lines
 
 
+# The training summary's short list; the full set is in RUN/eval/<name>.json and its report.
+SHOWN_METRICS = ("loss", "exact_match", "contains", "bleu", "rougeL", "accuracy", "f1")
+
+
+def _answer_rows(doc: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(prompt, base answer, tuned answer) per evaluated record."""
+    before = doc.get("baseline")
+    rows = []
+    for k, item in enumerate(doc["items"]):
+        base = before["predictions"][k].get("prediction", "-") if before else "-"
+        rows.append(
+            (item["prompt"][-1]["content"], base, doc["target"]["predictions"][k].get("prediction", "-"))
+        )
+    return rows
+
+
+def _eval_lines(doc: dict[str, Any] | None) -> list[str]:
+    """eval.path before and after training: the metrics, then every prompt's two answers."""
+    if not doc:
+        return []
+    before = doc.get("baseline")
+    lines = ["", "## Eval prompts (full report: eval/)", "", "| metric | before | after |", "|---|---|---|"]
+    for key, value in doc["target"]["metrics"].items():
+        if key in SHOWN_METRICS:
+            b = before["metrics"].get(key) if before else None
+            lines.append(f"| {key} | {_fmt(b)} | {_fmt(value)} |")
+    lines += ["", "| prompt | base | tuned |", "|---|---|---|"]
+    lines += [f"| {_cell(p)} | {_cell(b)} | {_cell(t)} |" for p, b, t in _answer_rows(doc)]
+    return lines
+
+
 def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
@@ -121,21 +148,20 @@ def _cell(text: str) -> str:
 def _print(s: dict[str, Any], console: Any) -> None:
     from rich.table import Table
 
-    checks = s.get("checks") or {}
-    before, after = checks.get("before"), checks.get("after")
-    if after:
-        table = Table(title="Check prompts: base vs tuned", show_lines=True)
+    doc = s.get("eval")
+    if doc:
+        before = doc.get("baseline")
+        table = Table(title="Eval prompts: base vs tuned", show_lines=True)
         table.add_column("prompt", max_width=30)
         table.add_column("base model", max_width=45)
         table.add_column("tuned model", max_width=45)
-        for i, row in enumerate(after["rows"]):
-            base = before["rows"][i]["answer"] if before else "-"
-            table.add_row(row["prompt"], base, row["answer"])
+        for row in _answer_rows(doc):
+            table.add_row(*row)
         console.print(table)
-        for key in ("exact_match", "contains"):
-            if after.get(key) is not None:
-                b = f"{before[key]:.0%}" if before and before.get(key) is not None else "-"
-                console.print(f"[bold]{key}[/]: {b} before -> {after[key]:.0%} after")
+        for key, value in doc["target"]["metrics"].items():
+            if key in SHOWN_METRICS:
+                b = before["metrics"].get(key) if before else None
+                console.print(f"[bold]{key}[/]: {_fmt(b)} before -> {_fmt(value)} after")
     tl, el = s["train_loss"], s.get("eval_loss") or {}
     extra = "".join(
         f", {name} {_fmt(m.get('before'))} -> {_fmt(m.get('after'))}"

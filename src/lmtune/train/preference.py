@@ -67,7 +67,7 @@ def run(cfg: RunConfig, *, resume: bool = False, console: Any = None) -> RunResu
     )
 
     model = s.load_model()
-    before_checks = s.generation_checks(model, tokenizer, when="before")
+    before_checks = s.evaluation(model, tokenizer, when="before")
     model = s.prepare(model)
 
     trainer = build_trainer(s, model, tokenizer, to_dataset(train), to_dataset(val) if val else None)
@@ -78,7 +78,7 @@ def run(cfg: RunConfig, *, resume: bool = False, console: Any = None) -> RunResu
 
     drop_reference_adapter(model)
     s.save(model, tokenizer, template=template, preference_loss=cfg.preference.loss)
-    after_checks = s.generation_checks(model, tokenizer, when="after")
+    after_checks = s.evaluation(model, tokenizer, when="after")
     summary = s.base_summary(output, trainer, seconds)
     summary["data"] = {"train_samples": len(train), "val_samples": len(val), "rejected": len(rejects)}
     summary["preference"] = cfg.preference.model_dump()
@@ -88,7 +88,7 @@ def run(cfg: RunConfig, *, resume: bool = False, console: Any = None) -> RunResu
         for name, key in EVAL_METRICS.items()
         if key in before or key in after
     }
-    summary["checks"] = {"before": before_checks, "after": after_checks}
+    summary["eval"] = s.evaluation_summary(before_checks, after_checks)
     return s.finish(summary, model)
 
 

@@ -42,13 +42,13 @@ def run(cfg: RunConfig, *, resume: bool = False, console: Any = None) -> RunResu
     )
 
     model = s.load_model()
-    before = s.generation_checks(model, tokenizer, when="before")
+    before = s.evaluation(model, tokenizer, when="before")
     model = s.prepare(model)
 
     trained = s.train_lm(model, tokenizer, train_set.samples, val_set.samples)
 
     s.save(model, tokenizer)
-    after = s.generation_checks(model, tokenizer, when="after")
+    after = s.evaluation(model, tokenizer, when="after")
     summary = s.base_summary(trained["output"], trained["trainer"], trained["seconds"])
     summary["data"] = {
         "train_samples": len(train_set.samples),
@@ -61,7 +61,7 @@ def run(cfg: RunConfig, *, resume: bool = False, console: Any = None) -> RunResu
     summary["eval_loss"] = eval_loss = trained["eval_loss"]
     summary["speed"] = trained["speed"]
     summary["metrics"] = {"perplexity": {k: perplexity(v) for k, v in eval_loss.items()}}
-    summary["checks"] = {"before": before, "after": after}
+    summary["eval"] = s.evaluation_summary(before, after)
     return s.finish(summary, model)
 
 

@@ -78,6 +78,8 @@ class Session:
         self.parent: dict[str, Any] | None = None  # the marker of the run `model.name` points at
         self.plan: Any = None  # SpeedPlan, decided in load_model
         self.packing: dict[str, Any] | None = None  # packing stats, when samples were packed
+        self.eval_data: Any = None  # eval.path's records (lmtune.eval.items.EvalData), read once
+        self.eval_options: Any = None
 
     # -- data ---------------------------------------------------------------------------------
     def load_data(self, *, split: bool = True) -> RunData:
@@ -213,22 +215,44 @@ class Session:
         )
         return model
 
-    def generation_checks(self, model: Any, tokenizer: Any, *, when: str) -> dict[str, Any] | None:
-        """eval.path's prompts answered by `model`: when="before" (the starting model; skipped under
+    def evaluation(self, model: Any, tokenizer: Any, *, when: str) -> dict[str, Any] | None:
+        """eval.path scored as `lmtune eval` scores it: when="before" (the starting model; skipped under
         --resume or eval.compare_base: false) or "after" (the tuned model). None without eval.path."""
         cfg = self.cfg
         if not cfg.eval.path:
             return None
-        from lmtune.eval.checks import load_checks, run_checks
+        from lmtune.eval.evaluate import EvalOptions, evaluate
+        from lmtune.eval.items import load_eval_data
+        from lmtune.infer.generate import GenerationOptions
+        from lmtune.run.load import LoadedTarget
 
-        checks = load_checks(cfg.eval.path)  # read "before" in any case: a bad file stops the run early
+        if self.eval_data is None:  # read "before" in any case: a bad file stops the run early
+            self.eval_data = load_eval_data(cfg.eval.path, system=cfg.data.system)
         if when == "before" and (self.resume or not cfg.eval.compare_base):
             return None
         who = "starting" if when == "before" else "tuned"
-        self.console.print(f"Answering {len(checks)} check prompts with the {who} model ...")
-        return run_checks(
-            model, tokenizer, checks, max_new_tokens=cfg.eval.max_new_tokens, system=cfg.data.system
+        self.console.print(f"Evaluating the {who} model on {len(self.eval_data.items)} held-out prompts ...")
+        options = self.eval_options = EvalOptions(
+            metrics=list(cfg.eval.metrics),
+            generation=GenerationOptions(max_new_tokens=cfg.eval.max_new_tokens, seed=cfg.train.seed),
+            batch_size=cfg.eval.batch_size,
+            max_length=cfg.data.max_length,
+            train_on=cfg.data.train_on,
         )
+        name = "base" if when == "before" else "tuned"
+        return evaluate(LoadedTarget(model, tokenizer, name), self.eval_data, options)
+
+    def evaluation_summary(self, before: dict[str, Any] | None, after: dict[str, Any] | None) -> dict | None:
+        """The before/after comparison for the summary; the full report is written to RUN/eval/."""
+        if after is None:
+            return None
+        from lmtune.eval.runner import assemble_doc, write_outputs
+
+        results = {"target": after, **({"baseline": before} if before else {})}
+        name = Path(self.cfg.eval.path).stem
+        doc = assemble_doc(name, self.eval_options, self.eval_data, results)
+        write_outputs(doc, self.eval_data, self.run.root / "eval")
+        return doc
 
     # -- trainer ------------------------------------------------------------------------------
     def training_args(self, *, has_val: bool, args_class: Any = None, **overrides: Any) -> Any:

@@ -40,13 +40,13 @@ def run(cfg: RunConfig, *, resume: bool = False, console: Any = None) -> RunResu
     )
 
     model = s.load_model()
-    before = s.generation_checks(model, tokenizer, when="before")
+    before = s.evaluation(model, tokenizer, when="before")
     model = s.prepare(model)
 
     trained = s.train_lm(model, tokenizer, train_set.samples, val_set.samples)
 
     s.save(model, tokenizer, template=template)
-    after = s.generation_checks(model, tokenizer, when="after")
+    after = s.evaluation(model, tokenizer, when="after")
     summary = s.base_summary(trained["output"], trained["trainer"], trained["seconds"])
     summary["data"] = {
         "train_samples": len(train_set.samples),
@@ -57,5 +57,5 @@ def run(cfg: RunConfig, *, resume: bool = False, console: Any = None) -> RunResu
         summary["data"]["packing"] = s.packing
     summary["eval_loss"] = trained["eval_loss"]
     summary["speed"] = trained["speed"]
-    summary["checks"] = {"before": before, "after": after}
+    summary["eval"] = s.evaluation_summary(before, after)
     return s.finish(summary, model)

@@ -1,0 +1,44 @@
+"""`lmtune serve`: an OpenAI-compatible HTTP API over one or more run directories or models."""
+
+from __future__ import annotations
+
+import typer
+
+from lmtune.cli.infer_cmd import TARGET_HELP
+
+
+def serve(
+    targets: list[str] = typer.Argument(
+        ..., metavar="TARGET...", help=TARGET_HELP + " Give several to serve them all at once."
+    ),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on (127.0.0.1: this machine only)."),
+    port: int = typer.Option(8000, min=0, max=65535, help="Port to listen on (0: any free port)."),
+    api_key: str | None = typer.Option(
+        None,
+        envvar="LMTUNE_API_KEY",
+        help="Require 'Authorization: Bearer KEY' on every request (the env var keeps it out of `ps`).",
+    ),
+    name: list[str] | None = typer.Option(
+        None, "--name", help="Model id for each TARGET, in order (default: the run directory or model name)."
+    ),
+    max_tokens_limit: int = typer.Option(2048, min=1, help="Most tokens one request may generate."),
+    max_request_bytes: int = typer.Option(1_000_000, min=1, help="Largest request body accepted, in bytes."),
+) -> None:
+    """Serve models over HTTP with OpenAI's API: /v1/models, /v1/chat/completions, /v1/completions."""
+    from lmtune.serve.server import load_slots
+    from lmtune.serve.server import serve as run_server
+
+    if api_key is not None and not api_key.strip():
+        from lmtune.errors import ConfigError
+
+        raise ConfigError("--api-key is empty: give a key, or leave the option out.")
+    slots = load_slots(targets, name)
+    run_server(
+        slots,
+        host=host,
+        port=port,
+        api_key=api_key,
+        max_tokens_limit=max_tokens_limit,
+        max_request_bytes=max_request_bytes,
+        echo=lambda text: typer.echo(text, err=False),
+    )

@@ -1,0 +1,1 @@
+"""Turning a trained model into files other tools run: merged weights, GGUF for llama.cpp / Ollama."""

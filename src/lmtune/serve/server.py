@@ -1,0 +1,123 @@
+"""Load the targets once, bind the socket, say how to call the server, and run uvicorn.
+
+The socket is bound here (not by uvicorn) so that a port in use is one clear sentence, and so the
+printed URL has the real port. Binding to loopback is the default; serving on another address
+without an API key is allowed but warned about.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import socket
+from collections.abc import Callable, Sequence
+
+from lmtune.errors import ConfigError
+from lmtune.serve.engine import ModelSlot
+
+
+def load_slots(targets: Sequence[str], names: Sequence[str] | None = None) -> list[ModelSlot]:
+    """Each target loaded once; its id is its --name, else the run directory's or model's name."""
+    from lmtune.run.load import load_target, require_generative
+
+    names = list(names or [])
+    if names and len(names) != len(targets):
+        raise ConfigError(
+            f"Got {len(names)} --name for {len(targets)} targets: give one --name per target, in order, or none."
+        )
+    if any(not n.strip() for n in names):
+        raise ConfigError("A --name cannot be empty.")
+    for target in targets:  # before loading anything: a classification run cannot write text
+        require_generative(target, "serve")
+    slots: list[ModelSlot] = []
+    for i, target in enumerate(targets):
+        loaded = load_target(target, quiet=True)
+        model_id = names[i] if names else loaded.name
+        if any(s.id == model_id for s in slots):
+            raise ConfigError(
+                f"Two targets would both be served as model {model_id!r}: give each a --name, in order."
+            )
+        slots.append(ModelSlot(model_id, loaded.model, loaded.tokenizer, source=target))
+    return slots
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket on host:port (port 0 picks a free one)."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as err:
+        raise ConfigError(f"Cannot use --host {host!r}: {err}.") from err
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+        sock.listen(128)
+    except OSError as err:
+        sock.close()
+        raise ConfigError(
+            f"Cannot listen on {host}:{port} ({err.strerror or err}): is another server using that port? "
+            "Choose another with --port."
+        ) from err
+    sock.set_inheritable(True)
+    return sock
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def banner(slots: Sequence[ModelSlot], base_url: str, *, api_key: bool, host: str) -> str:
+    """What the user reads at startup: the models, the URL, and a curl and an openai-client call."""
+    width = max(len(s.id) for s in slots)
+    lines = [f"Serving {len(slots)} model(s) at {base_url} (OpenAI-compatible API; Ctrl+C stops):"]
+    lines += [f"  {s.id:<{width}}  <- {s.source}" for s in slots]
+    body = json.dumps({"model": slots[0].id, "messages": [{"role": "user", "content": "Hello!"}]})
+    auth = ' -H "Authorization: Bearer $LMTUNE_API_KEY"' if api_key else ""
+    key = "YOUR_KEY" if api_key else "unused"
+    call = f'model="{slots[0].id}", messages=[{{"role": "user", "content": "Hello!"}}]'
+    lines += [
+        "Try:",
+        f"  curl {base_url}/chat/completions -H 'Content-Type: application/json'{auth} -d '{body}'",
+        f'  OpenAI(base_url="{base_url}", api_key="{key}").chat.completions.create({call})  # pip install openai',
+    ]
+    if not api_key and not is_loopback(host):
+        lines.append(
+            f"warning: listening on {host} without --api-key: anyone who can reach this port can use the "
+            "models. Set --api-key (or LMTUNE_API_KEY), or bind 127.0.0.1."
+        )
+    return "\n".join(lines)
+
+
+def serve(
+    slots: Sequence[ModelSlot],
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    api_key: str | None = None,
+    max_tokens_limit: int = 2048,
+    max_request_bytes: int = 1_000_000,
+    echo: Callable[[str], None] = print,
+) -> None:
+    """Run the server until interrupted."""
+    import uvicorn
+
+    from lmtune.serve.app import create_app
+
+    if api_key is not None and not api_key.strip():
+        raise ConfigError("--api-key is empty: give a key, or leave the option out.")
+    app = create_app(
+        slots, api_key=api_key, max_tokens_limit=max_tokens_limit, max_request_bytes=max_request_bytes
+    )
+    sock = bind(host, port)
+    actual_port = sock.getsockname()[1]
+    shown = f"[{host}]" if ":" in host else host
+    echo(banner(slots, f"http://{shown}:{actual_port}/v1", api_key=api_key is not None, host=host))
+    config = uvicorn.Config(app, log_level="info", timeout_graceful_shutdown=5)
+    uvicorn.Server(config).run(sockets=[sock])
