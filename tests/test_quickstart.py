@@ -29,6 +29,9 @@ def test_quickstart_teaches_the_new_identity(tmp_path):
     assert after["contains"] >= 0.7  # names Quill and Larkspur Labs on most held-out questions
     assert after["loss"] < before["loss"]  # the reference answers became more likely
     assert doc["comparison"]["records"]["wins"] > doc["comparison"]["records"]["losses"]
-    answers = {i["prompt"][-1]["content"]: p["prediction"] for i, p in zip(doc["items"], doc["target"]["predictions"])}
+    answers = {
+        i["prompt"][-1]["content"]: p["prediction"]
+        for i, p in zip(doc["items"], doc["target"]["predictions"])
+    }
     assert "Paris" in answers["What is the capital of France?"]  # still answers unrelated questions
     assert (out / "eval" / "identity_eval.md").is_file()  # the full before/after report

@@ -11,7 +11,9 @@ from lmtune.config.loader import load_config
 
 # Training configs; examples/lm_eval/ holds lm-evaluation-harness task files (tests/eval/test_lm_eval_bridge.py).
 EXAMPLES = sorted(
-    p for p in (Path(__file__).resolve().parents[2] / "examples").rglob("*.yaml") if p.parent.name != "lm_eval"
+    p
+    for p in (Path(__file__).resolve().parents[2] / "examples").rglob("*.yaml")
+    if p.parent.name != "lm_eval"
 )
 
 
