@@ -1,5 +1,5 @@
-"""`lmtune export --format int8|int4`: a folder that reloads to the same logits, weights within the
-quantization error of the originals (checked by dequantizing them), and the measured table."""
+"""`lmtune export --format int8|int4` (torchao int8, bitsandbytes NF4): a folder that reloads, weights within
+the quantization error of the originals (checked by dequantizing them), and the measured table."""
 
 from __future__ import annotations
 
@@ -25,12 +25,13 @@ ITEMS = [
 
 
 def dequantized(module) -> torch.Tensor:
-    import bitsandbytes as bnb
-
+    """The weight as the quantized layer computes with it, rebuilt from what is stored."""
     w = module.weight
-    if isinstance(module, bnb.nn.Linear8bitLt):  # int8 rows scaled by their absmax / 127
-        return w.data.float() * module.weight.SCB.float()[:, None] / 127
-    return bnb.functional.dequantize_4bit(w.data, w.quant_state).float()
+    if hasattr(w, "quant_state"):  # bitsandbytes NF4
+        import bitsandbytes as bnb
+
+        return bnb.functional.dequantize_4bit(w.data, w.quant_state).float()
+    return w.dequantize().float()  # torchao Int8Tensor
 
 
 @pytest.mark.parametrize("fmt,rel_error", [("int8", 0.01), ("int4", 0.2)])
@@ -41,8 +42,8 @@ def test_quantized_folder(fmt, rel_error, tiny_model_dir, tmp_path):
         model, tokenizer, tmp_path / fmt, fmt=fmt, items=ITEMS, max_new_tokens=4, say=lambda *_: None
     )
 
-    config = json.loads((tmp_path / fmt / "config.json").read_text())
-    assert config["quantization_config"]["load_in_" + ("8bit" if fmt == "int8" else "4bit")] is True
+    method = json.loads((tmp_path / fmt / "config.json").read_text())["quantization_config"]["quant_method"]
+    assert method == {"int8": "torchao", "int4": "bitsandbytes"}[fmt]
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / fmt, device_map="cpu")
     q = reloaded.model.layers[0].self_attn.q_proj
     original = model.model.layers[0].self_attn.q_proj.weight.detach()
@@ -72,3 +73,13 @@ def test_export_option_errors(tiny_model_dir, tmp_path):
     (tmp_path / "busy" / "f").write_text("x")
     result = runner.invoke(app, ["export", str(tiny_model_dir), str(tmp_path / "busy"), "--format", "int8"])
     assert "not an empty folder" in str(result.exception)
+
+
+def test_missing_torchao_is_one_sentence(monkeypatch):
+    import sys
+
+    from lmtune.export.quantize import quantization_config
+
+    monkeypatch.setitem(sys.modules, "torchao.quantization", None)
+    with pytest.raises(ConfigError, match=r"needs torchao: pip install 'lmtune\[quant\]'"):
+        quantization_config("int8")

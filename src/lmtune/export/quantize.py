@@ -1,11 +1,14 @@
 """`lmtune export TARGET --format int8|int4 OUT_DIR`: a weight-only quantized Hugging Face folder, with
 what it costs measured against the unquantized model.
 
-bitsandbytes does the quantization (LLM.int8 for int8, NF4 with float32 compute for int4): lmtune
-already depends on it for QLoRA, it runs on CPU and CUDA, and its folders reload with a plain
-`from_pretrained` (the quantization config is in config.json) to bit-identical logits, which is
-checked after writing. The report (quantization.json, and the table in README.md) gives file size,
-perplexity on held-out records, greedy agreement and generation speed, quantized vs unquantized.
+The library for each format was chosen by measurement (docs/export.md: SmolLM2-135M + LoRA merged,
+CPU, 2026-12-01): int8 is torchao's Int8WeightOnly (answer perplexity equal to float32's, faster
+generation and more identical greedy answers than bitsandbytes' LLM.int8); int4 is bitsandbytes NF4
+(torchao's int4 needs kernels that do not exist on CPU, optimum-quanto folders cannot be saved).
+Both folders reload with a plain `from_pretrained` (the quantization config is in config.json) to
+bit-identical logits, which is checked after writing. The report (quantization.json, and the table
+in README.md) gives file size, perplexity on held-out records, greedy agreement and generation speed,
+quantized vs unquantized.
 """
 
 from __future__ import annotations
@@ -18,16 +21,32 @@ from typing import Any
 
 from lmtune.errors import ConfigError
 
-BITS = {"int8": 8, "int4": 4}
+SCHEMES = {
+    "int8": ("torchao", "Int8WeightOnly: int8 weights, one scale per output row"),
+    "int4": ("bitsandbytes", "NF4 in blocks of 64, float32 compute"),
+}
 SPEED_PROMPTS = ("Who are you?", "Write two sentences about the sea.", "What is 12 times 3?")
 
 
-def bnb_config(bits: int) -> Any:
+def quantization_config(fmt: str) -> Any:
+    """transformers' quantization config for `fmt`, or a ConfigError naming the package to install."""
     import torch
+
+    if fmt == "int8":
+        try:
+            from torchao.quantization import Int8WeightOnlyConfig
+        except ImportError:
+            raise ConfigError(
+                "lmtune export --format int8 needs torchao: pip install 'lmtune[quant]'"
+            ) from None
+        from transformers import TorchAoConfig
+
+        return TorchAoConfig(Int8WeightOnlyConfig())
     from transformers import BitsAndBytesConfig
 
-    if bits == 8:
-        return BitsAndBytesConfig(load_in_8bit=True)
+    from lmtune.train.optim import require_bitsandbytes
+
+    require_bitsandbytes("lmtune export --format int4")
     return BitsAndBytesConfig(
         load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32
     )
@@ -46,17 +65,15 @@ def export_quantized(
     """Quantize `model` (float32, merged) into `out_dir` and measure it; returns the report."""
     from transformers import AutoModelForCausalLM
 
-    from lmtune.train.optim import require_bitsandbytes
-
-    require_bitsandbytes(f"lmtune export --format {fmt}")
-    if fmt not in BITS:
-        raise ConfigError(f"--format {fmt!r}: the quantized formats are {', '.join(BITS)}")
+    if fmt not in SCHEMES:
+        raise ConfigError(f"--format {fmt!r}: the quantized formats are {', '.join(SCHEMES)}")
+    config = quantization_config(fmt)
     staging = out_dir.parent / f".{out_dir.name}.unquantized"
     shutil.rmtree(staging, ignore_errors=True)
     try:
-        model.save_pretrained(staging)  # bitsandbytes quantizes while loading a folder
+        model.save_pretrained(staging)  # both libraries quantize while loading a folder
         quantized = AutoModelForCausalLM.from_pretrained(
-            staging, quantization_config=bnb_config(BITS[fmt]), device_map="cpu"
+            staging, quantization_config=config, device_map="cpu"
         )
         out_dir.mkdir(parents=True, exist_ok=True)
         quantized.save_pretrained(out_dir)
@@ -137,7 +154,7 @@ def report_markdown(r: dict[str, Any]) -> str:
     lines = [
         f"# {r['format']} weight-only quantized model ({r['library']}: {r['scheme']})",
         "",
-        "Load it like any model (bitsandbytes installed): `AutoModelForCausalLM.from_pretrained(folder)`.",
+        f"Load it like any model ({r['library']} installed): `AutoModelForCausalLM.from_pretrained(folder)`.",
         "",
         "| | unquantized (float32) | " + r["format"] + " |",
         "|---|---|---|",
