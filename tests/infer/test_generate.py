@@ -226,28 +226,31 @@ def test_options_are_validated(bad):
 
 
 class ScriptedModel(torch.nn.Module):
-    """Streams fixed text pieces through generate()'s streamer: stream_reply's holding-back logic
-    tested on exactly the piece boundaries that matter."""
+    """Streams the tokens of fixed text pieces through generate()'s streamer: stream_reply's
+    holding-back logic tested on exactly the piece boundaries that matter."""
 
-    def __init__(self, pieces: list[str]):
+    def __init__(self, tokenizer, pieces: list[str]):
         super().__init__()
-        self.pieces, self.weight = pieces, torch.nn.Parameter(torch.zeros(1))
+        self.weight = torch.nn.Parameter(torch.zeros(1))
         self.generation_config = None
+        self.pieces = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in pieces]
 
-    def generate(self, streamer, stopping_criteria, **_):
-        for piece in self.pieces:
-            if stopping_criteria[0](torch.zeros(1, 1, dtype=torch.long), None).all():
+    def generate(self, input_ids, streamer, stopping_criteria, **_):
+        streamer.put(input_ids)  # as transformers does: the prompt first
+        for ids in self.pieces:
+            if stopping_criteria[0](input_ids, None).all():
                 break
-            streamer.on_finalized_text(piece)
-        streamer.on_finalized_text("", stream_end=True)
+            for token in ids:
+                streamer.put(torch.tensor([token]))
+        streamer.end()
 
 
 def test_stream_never_sends_the_space_before_a_stop_string(tiny_model_and_tokenizer):
     """ "hello ab" with stop "abc": "ab" may become the stop string, so the space before it may end the
     reply; it must not be sent before that is known (the reply is "hello", not "hello ")."""
     _, tok = tiny_model_and_tokenizer
-    model = ScriptedModel(["hello", " ", "ab", "c", " more"])
+    model = ScriptedModel(tok, ["hello", " ", "ab", "c", " more"])
     opts = GenerationOptions(max_new_tokens=8, stop=["abc"])
     assert "".join(stream_reply(model, tok, CONVERSATIONS[0], opts)) == "hello"
-    model = ScriptedModel(["hello", " ", "ab", "d"])  # the stop never completes: everything arrives
+    model = ScriptedModel(tok, ["hello", " ", "ab", "d"])  # the stop never completes: everything arrives
     assert "".join(stream_reply(model, tok, CONVERSATIONS[0], opts)) == "hello abd"

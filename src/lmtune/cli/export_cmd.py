@@ -106,14 +106,12 @@ def _onnx(model, tokenizer, out: Path, force: bool) -> None:  # noqa: ANN001
 
 def _perplexity_items(target: str, data: Path | None) -> list | None:
     """Held-out records for the int8/int4 table: --data, else the run's eval.path (else its data.path)."""
-    import yaml
-
     from lmtune.eval.items import load_eval_data
-    from lmtune.run.layout import RunDir, is_run_dir
+    from lmtune.run.layout import read_run_config
 
     path: str | None = str(data) if data else None
-    if path is None and is_run_dir(target) and RunDir(Path(target)).config.is_file():
-        cfg = yaml.safe_load(RunDir(Path(target)).config.read_text(encoding="utf-8")) or {}
+    if path is None:
+        cfg = read_run_config(target)
         path = (cfg.get("eval") or {}).get("path") or (cfg.get("data") or {}).get("path")
     if path is None:
         typer.echo("No held-out records (--data): the table shows size and speed, no perplexity.")

@@ -66,7 +66,7 @@ def predict_file(
 ) -> Predictions:
     """Load the run, label the file, write the predictions; returns them with the metrics."""
     from lmtune.data.classification import load_examples
-    from lmtune.eval.classification import classification_report
+    from lmtune.eval.classification import classification_report, classify
     from lmtune.models.classifier import run_labels
     from lmtune.run.layout import is_run_dir, read_marker
     from lmtune.run.load import load_target
@@ -117,35 +117,6 @@ def predict_file(
         y_true, y_pred = zip(*scored, strict=True)
         metrics = classification_report(list(y_true), list(y_pred), labels)
     return Predictions(path, rows, metrics, list(loaded.rejects), labelled - len(scored))
-
-
-def classify(model: Any, tokenizer: Any, records: list[Any], *, max_length: int, batch_size: int = 32) -> Any:
-    """Class probabilities (records x labels, numpy) in record order.
-
-    Records are batched by length, so little of each batch is padding; the order is restored after.
-    """
-    import numpy as np
-    import torch
-
-    from lmtune.eval.classification import softmax
-    from lmtune.models.classifier import pad_left_for_last_token
-    from lmtune.tokenize.classification import collator, tokenize_examples
-
-    pad_left_for_last_token(model, tokenizer)
-    samples = tokenize_examples(records, tokenizer, max_length=max_length).samples
-    order = sorted(range(len(samples)), key=lambda i: len(samples[i]["input_ids"]))
-    pad = collator(tokenizer)
-    model.eval()
-    device = next(model.parameters()).device
-    num_labels = model.config.num_labels
-    out = np.zeros((len(samples), num_labels), dtype=np.float64)
-    with torch.no_grad():
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            batch = {k: v.to(device) for k, v in pad([samples[i] for i in idx]).items()}
-            logits = model(**batch).logits.float().cpu().numpy()
-            out[idx] = softmax(logits)
-    return out
 
 
 def _parse_columns(items: list[str]) -> dict[str, str] | None:

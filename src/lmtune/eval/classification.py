@@ -1,5 +1,6 @@
 """Classification metrics in plain numpy: accuracy, per-class precision/recall/F1, macro-F1 and the
-confusion matrix, plus its picture.
+confusion matrix, plus its picture; and `classify`, a classification run's class probabilities
+(what `lmtune predict` and `lmtune eval` score).
 
 Definitions follow scikit-learn's defaults (not a dependency here): a ratio whose denominator is
 zero (precision of a class never predicted, recall of a class absent from the data) is 0, and
@@ -68,6 +69,33 @@ def softmax(logits: Any) -> np.ndarray:
     x = x - x.max(axis=-1, keepdims=True)
     e = np.exp(x)
     return e / e.sum(axis=-1, keepdims=True)
+
+
+def classify(model: Any, tokenizer: Any, records: list[Any], *, max_length: int, batch_size: int = 32) -> Any:
+    """Class probabilities (records x labels, numpy) in record order.
+
+    Records are batched by length, so little of each batch is padding; the order is restored after.
+    """
+    import torch
+
+    from lmtune.models.classifier import pad_left_for_last_token
+    from lmtune.tokenize.classification import collator, tokenize_examples
+
+    pad_left_for_last_token(model, tokenizer)
+    samples = tokenize_examples(records, tokenizer, max_length=max_length).samples
+    order = sorted(range(len(samples)), key=lambda i: len(samples[i]["input_ids"]))
+    pad = collator(tokenizer)
+    model.eval()
+    device = next(model.parameters()).device
+    num_labels = model.config.num_labels
+    out = np.zeros((len(samples), num_labels), dtype=np.float64)
+    with torch.no_grad():
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            batch = {k: v.to(device) for k, v in pad([samples[i] for i in idx]).items()}
+            logits = model(**batch).logits.float().cpu().numpy()
+            out[idx] = softmax(logits)
+    return out
 
 
 def plot_confusion(confusion: list[list[int]], labels: list[str], path: Path, *, title: str = "") -> None:

@@ -190,9 +190,8 @@ def _evaluate_classifier(loaded: Any, data: EvalData, options: EvalOptions) -> d
     """A classification run: class probabilities from its head, no generation."""
     import math
 
-    from lmtune.cli.predict_cmd import classify
     from lmtune.data.classification import LabeledText
-    from lmtune.eval.classification import classification_report
+    from lmtune.eval.classification import classification_report, classify
     from lmtune.models.classifier import run_labels
 
     labels = run_labels(loaded.name, loaded.run)

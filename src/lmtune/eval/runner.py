@@ -51,11 +51,12 @@ class EvalOutcome:
 
 def run_eval(req: EvalRequest, *, console: Any = None) -> EvalOutcome:
     from lmtune.errors import ConfigError
+    from lmtune.run.layout import read_run_config
 
     say = console.print if console is not None else (lambda *a, **k: None)
     if not req.data and not req.lm_eval_tasks:
         raise ConfigError("nothing to evaluate: give --data FILE, --lm-eval TASKS, or both")
-    run_cfg = _run_config(req.target)
+    run_cfg = read_run_config(req.target)
     options = _with_run_defaults(req.options, run_cfg)
     system = req.system if req.system is not None else (run_cfg.get("data") or {}).get("system")
     data = None
@@ -185,18 +186,6 @@ def _one_model(
     finally:
         del loaded
         gc.collect()
-
-
-def _run_config(target: str) -> dict[str, Any]:
-    """The resolved training config saved in a run directory ({} for other targets)."""
-    import yaml
-
-    from lmtune.run.layout import RunDir, is_run_dir
-
-    if not is_run_dir(target):
-        return {}
-    path = RunDir(Path(target)).config
-    return (yaml.safe_load(path.read_text(encoding="utf-8")) or {}) if path.is_file() else {}
 
 
 def _with_run_defaults(options: EvalOptions, run_cfg: dict[str, Any]) -> EvalOptions:

@@ -9,6 +9,7 @@ mask, and a model that never stops because only one of its end-of-turn ids is pa
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
@@ -190,27 +191,78 @@ def _held_back(text: str, stop: Sequence[str]) -> int:
     return best
 
 
+@dataclass
+class StreamOutcome:
+    """How a streamed generation ended, filled in when it does (the server's usage and finish_reason)."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: str | None = None  # "stop" (end token or stop string) or "length"
+
+
 def stream_reply(
     model: Any,
     tokenizer: Any,
     conversation: list[dict],
     options: GenerationOptions | None = None,
 ) -> Generator[str, None, None]:
-    """Yield the reply in pieces as it is generated; the pieces join to what `generate_replies` returns.
+    """Yield the reply in pieces as it is generated; the pieces join to what `generate_replies` returns."""
+    prompt = render_prompt(tokenizer, conversation)
+    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]  # the template already has any BOS
+    yield from stream_tokens(model, tokenizer, list(ids), options or GenerationOptions(), strip=True)
 
-    Text that might be the start of a stop string, or trailing whitespace, is held back until it is
-    known not to be cut. Closing the iterator early (or hitting a stop string) stops generation.
+
+def _token_queue() -> Any:
+    """A transformers streamer that hands each generated token id to the reading thread."""
+    import queue
+
+    from transformers.generation.streamers import BaseStreamer
+
+    class TokenQueue(BaseStreamer):
+        def __init__(self) -> None:
+            self.ids: queue.SimpleQueue[int | None] = queue.SimpleQueue()
+            self.prompt = True  # generate() first puts the prompt itself
+
+        def put(self, value: Any) -> None:
+            if self.prompt:
+                self.prompt = False
+                return
+            for token in value.reshape(-1).tolist():
+                self.ids.put(token)
+
+        def end(self) -> None:
+            self.ids.put(None)
+
+    return TokenQueue()
+
+
+def stream_tokens(
+    model: Any,
+    tokenizer: Any,
+    prompt_ids: list[int],
+    options: GenerationOptions,
+    *,
+    strip: bool,
+    outcome: StreamOutcome | None = None,
+    decode_lock: Any = None,
+) -> Generator[str, None, None]:
+    """Generate on a worker thread and yield text as soon as it cannot change any more: the one
+    streaming loop behind `lmtune chat` and `lmtune serve`.
+
+    Text that might be the start of a stop string (and, with `strip`, trailing whitespace) is held
+    back until it is known not to be cut. Hitting a stop string, or closing this generator, cancels
+    the worker at its next token. `decode_lock` guards a tokenizer shared with other threads.
     """
     import torch
-    from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+    from transformers import StoppingCriteria, StoppingCriteriaList
 
-    options = options or GenerationOptions()
-    stop = [s for s in options.stop if s]
-    prompt = render_prompt(tokenizer, conversation)
     kwargs = _generate_kwargs(model, tokenizer, options)
-    enc = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
-    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    eos = set(kwargs["eos_token_id"])
+    stop = [s for s in options.stop if s]
+    streamer = _token_queue()
     cancel = threading.Event()
+    errors: list[BaseException] = []
+    lock = decode_lock if decode_lock is not None else contextlib.nullcontext()
 
     class _Cancel(StoppingCriteria):
         def __call__(self, input_ids: Any, scores: Any, **_: Any) -> Any:
@@ -218,54 +270,55 @@ def stream_reply(
                 (input_ids.shape[0],), cancel.is_set(), dtype=torch.bool, device=input_ids.device
             )
 
-    errors: list[BaseException] = []
-
     def work() -> None:
         try:
             with _TrainingModeOff(model), torch.inference_mode():
-                device = _device(model)
+                ids = torch.tensor([prompt_ids], device=_device(model))
                 model.generate(
-                    input_ids=enc["input_ids"].to(device),
-                    attention_mask=enc["attention_mask"].to(device),
+                    input_ids=ids,
+                    attention_mask=torch.ones_like(ids),
                     streamer=streamer,
                     stopping_criteria=StoppingCriteriaList([_Cancel()]),
                     **kwargs,
                 )
-        except BaseException as err:  # surfaced in the caller's thread below
+        except BaseException as err:  # re-raised in the reading thread below
             errors.append(err)
             streamer.end()
 
     if options.seed is not None:
-        torch.manual_seed(options.seed)  # the CPU generator is process-wide, so the thread sees it
+        torch.manual_seed(options.seed)  # process-wide, so the worker thread samples from it
     thread = threading.Thread(target=work, daemon=True)
     thread.start()
-    full, sent = "", 0  # raw text so far; characters of the stripped reply already yielded
-    ended = False  # the streamer's end signal has been consumed
+    generated: list[int] = []
+    full, sent, finish = "", 0, "length"  # raw text so far; characters of the reply already yielded
     try:
-        while True:
-            try:
-                piece = next(streamer)
-            except StopIteration:
-                ended = True
+        while (token := streamer.ids.get()) is not None:
+            if token in eos:
+                finish = "stop"
                 break
-            full += piece
-            if cut_at_stop(full, stop) != full:
-                cancel.set()
+            generated.append(token)
+            with lock:
+                full = tokenizer.decode(generated, skip_special_tokens=True)
+            if full.endswith("\ufffd"):  # a character split across tokens: wait for the rest
+                continue
+            if stop and cut_at_stop(full, stop) != full:
+                finish = "stop"
                 break
-            lead = len(full) - len(full.lstrip())
-            # Whitespace before a held-back partial stop string may end the reply: hold it back too.
-            safe = len(full[: len(full) - _held_back(full, stop)].rstrip())
+            lead = len(full) - len(full.lstrip()) if strip else 0
+            safe = len(full) - _held_back(full, stop)
+            if strip:  # whitespace before a held-back partial stop string may end the reply
+                safe = len(full[:safe].rstrip())
             if safe > lead + sent:
                 yield full[lead + sent : safe]
                 sent = safe - lead
         if errors:
             raise errors[0]
-        final = cut_at_stop(full, stop).strip()
+        final = cut_at_stop(full, stop)
+        final = final.strip() if strip else final
         if len(final) > sent:
             yield final[sent:]
+        if outcome is not None:
+            outcome.completion_tokens, outcome.finish_reason = len(generated), finish
     finally:
         cancel.set()
-        if not ended:
-            for _ in streamer:  # drain, so the worker finishes and is never left blocked
-                pass
         thread.join()

@@ -82,6 +82,16 @@ def read_marker(path: str | Path) -> dict[str, Any]:
     return json.loads((Path(path) / MARKER).read_text(encoding="utf-8"))
 
 
+def read_run_config(target: str | Path) -> dict[str, Any]:
+    """The resolved training config a run directory saved (config.yaml), or {} for any other target."""
+    import yaml
+
+    if not is_run_dir(target):
+        return {}
+    path = RunDir(Path(target)).config
+    return (yaml.safe_load(path.read_text(encoding="utf-8")) or {}) if path.is_file() else {}
+
+
 def write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
