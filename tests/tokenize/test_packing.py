@@ -57,10 +57,14 @@ def test_collator_restarts_positions_per_sample_and_for_padding():
 
 
 def tiny_llama(attn: str):
+    if attn == "lmtune_packed":
+        from lmtune.train.packed_attention import register
+
+        register()
     return conftest_tiny_llama(300, attn=attn)
 
 
-@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("attn", ["sdpa", "eager", "lmtune_packed"])
 def test_packed_loss_and_gradients_equal_samples_one_by_one(attn):
     rng = random.Random(1)
     data = samples(rng, 12)

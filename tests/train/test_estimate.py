@@ -137,15 +137,20 @@ def test_checkpointing_keeps_less_and_a_longer_row_costs_more(tiny_config_dir):
     )
 
 
-def test_activations_match_what_autograd_keeps(tmp_path, one_torch_thread):
+@pytest.mark.parametrize("attention", ["sdpa", "lmtune_packed"])
+def test_activations_match_what_autograd_keeps(attention, tmp_path, one_torch_thread):
     """The op-by-op count against the bytes autograd really saves for a packed bf16 LoRA batch
-    (deduplicated storages, parameters excluded), measured with saved-tensor hooks. Eight layers:
-    the estimate counts the first trained layer in full, though the ops before its first trained
-    parameter keep nothing (a quarter of a layer, which two layers would make look large)."""
+    (deduplicated storages, parameters excluded), measured with saved-tensor hooks, with the LoRA
+    layers as training runs them (lora_fast). Eight layers: the estimate counts the first trained
+    layer in full, though the ops before its first trained parameter keep nothing (a quarter of a
+    layer, which two layers would make look large). Samples of 100 and 156 tokens in rows of 256
+    (lmtune_packed is priced for samples half a row long)."""
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig
 
     from lmtune.methods.base import get_method
+    from lmtune.train.lora_fast import speed_up_lora
+    from lmtune.train.packed_attention import register
 
     LlamaConfig(**{**TINY, "num_hidden_layers": 8}).save_pretrained(tmp_path)
     cfg = make_cfg(
@@ -154,11 +159,15 @@ def test_activations_match_what_autograd_keeps(tmp_path, one_torch_thread):
         data={"max_length": 256},
         train={"batch_size": 2, "bf16": True},
     )
+    cfg.model.attn_implementation = attention
     predicted = est.estimate_memory(cfg, gradient_checkpointing=False, device="cpu").activations_kept
 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(est.model_source(cfg).config)
+    register()
+    model.set_attn_implementation(attention)
     model = get_method("lora").prepare(model, cfg.method)
+    speed_up_lora(model, autocast=True, fast_dropout=True)
     for p in model.parameters():  # the frozen base in bf16, as training keeps it
         if not p.requires_grad:
             p.data = p.data.to(torch.bfloat16)

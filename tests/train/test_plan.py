@@ -54,8 +54,23 @@ def test_cuda_picks_flash_attention_and_liger_only_when_installed(monkeypatch):
     assert p.attn_implementation == "flash_attention_2" and not p.liger
     assert "not installed" in p.reasons["liger kernels"]
     monkeypatch.setattr(plan_mod, "installed", lambda name: True)
-    assert plan_speed(cfg(), device="cpu", bf16=True).attn_implementation == "sdpa"  # CPU: never flash
+    assert plan_speed(cfg(), device="cpu", bf16=True).attn_implementation != "flash_attention_2"
     assert not plan_speed(cfg(), device="cpu", bf16=True).liger
+
+
+@pytest.mark.parametrize(
+    ("method", "packing", "configured", "expected"),
+    [
+        ("lora", "auto", "auto", "lmtune_packed"),  # packed rows on CPU: attention per sample
+        ("lora", False, "auto", "sdpa"),  # padded batches: SDPA
+        ("prompt", "auto", "auto", "sdpa"),  # prompt learning is never packed
+        ("lora", "auto", "sdpa", "sdpa"),  # a configured kernel is kept
+        ("lora", False, "lmtune_packed", "lmtune_packed"),
+    ],
+)
+def test_cpu_attention_follows_packing(method, packing, configured, expected):
+    c = cfg(method={"name": method}, data={"packing": packing}, model={"attn_implementation": configured})
+    assert plan_speed(c, device="cpu", bf16=True).attn_implementation == expected
 
 
 def test_checkpointing_auto_asks_the_memory_estimate(monkeypatch):

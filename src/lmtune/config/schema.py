@@ -29,10 +29,11 @@ class ModelSection(Section):
         "(bf16 mixed precision is set by train.bf16).",
     )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when available, else cpu.")
-    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = Field(
+    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2", "lmtune_packed"] = Field(
         "auto",
-        description="Attention kernel. auto: flash_attention_2 on CUDA when flash-attn is installed, else sdpa. "
-        "Packed samples stay isolated with each (flash-attn varlen, or a block-diagonal mask).",
+        description="Attention kernel. auto: flash_attention_2 on CUDA when flash-attn is installed; "
+        "lmtune_packed for packed training on CPU (attention computed per sample, SDPA for everything "
+        "else); else sdpa. Packed samples stay isolated with each.",
     )
 
 
@@ -389,6 +390,11 @@ class TrainSection(Section):
         True,
         description="With bf16 on and a method that saves only what it trains (LoRA, adapters, ...): keep the "
         "frozen base weights in bf16 (half the memory, no cast per forward); trained ones stay float32.",
+    )
+    fast_dropout: bool = Field(
+        True,
+        description="LoRA dropout on CPU with masks drawn 16 bits per element (a third of the random "
+        "draws of torch's dropout; p rounded to a multiple of 1/65536). false: torch's nn.Dropout.",
     )
     loss_chunk: int = Field(
         256,

@@ -245,7 +245,7 @@ class LayerCost:
 
 
 def _layer_bytes(
-    layer: Any, shape: Shape, *, compute: int, seq: int, masked: bool, frozen_bytes: int
+    layer: Any, shape: Shape, *, compute: int, seq: int, attention: str, frozen_bytes: int, dropout_bytes: int
 ) -> LayerCost:
     """What autograd keeps for one decoder layer that gradients flow through, counted op by op.
 
@@ -254,9 +254,13 @@ def _layer_bytes(
     - each norm: its float32 input (4h) and the rstd (4); also the normalised input (4h) when the
       norm's weight trains;
     - each Linear whose weight trains: its input in the compute dtype (the attention output
-      projection reads SDPA's saved output instead); a LoRA dropout keeps its float32 output;
+      projection reads SDPA's saved output instead); a LoRA dropout keeps its mask: bool with
+      lmtune's FastDropout or CUDA's fused dropout, else torch's CPU dropout keeps it in the
+      compute dtype (lmtune turns PEFT's float32 input cast off under autocast, lora_fast.py);
     - SDPA: q, k, v and the output (k and v repeated to all heads when there is a mask), the
       log-sum-exp per head; with a mask (packed or padded rows) a seq-wide row of it per token;
+    - lmtune_packed (attention per packed sample): q, k, v gathered per sample and each head's row
+      of softmax probabilities over its sample, priced for samples half the row long;
     - the MLP's elementwise part: gated (SwiGLU) keeps the gate, its activation and the up
       projection (3 x intermediate); a plain MLP its activation's input.
 
@@ -286,11 +290,27 @@ def _layer_bytes(
         dropout = getattr(module, "lora_dropout", None)
         if dropout is not None and hasattr(module, "in_features"):
             p = [getattr(d, "p", 0) for d in dropout.values()]
-            per_token += sum(4 * module.in_features for x in p if x)
-    kv = shape.q_dim if masked else shape.kv_dim
-    per_token += a * (2 * shape.q_dim + 2 * kv) + 4 * shape.heads + (a * seq if masked else 0)
+            per_token += sum(dropout_bytes * module.in_features for x in p if x)
+    if attention == "lmtune_packed":
+        per_token += a * (shape.q_dim + 2 * shape.kv_dim) + a * shape.heads * (seq // 2)
+    else:
+        masked = attention == "masked"
+        kv = shape.q_dim if masked else shape.kv_dim
+        per_token += a * (2 * shape.q_dim + 2 * kv) + 4 * shape.heads + (a * seq if masked else 0)
     per_token += a * shape.intermediate * (3 if gated >= 2 else 1)
     return LayerCost(per_token, fixed)
+
+
+def attention_kind(configured: str, *, device: str, packing: bool, rows: int) -> str:
+    """What the attention keeps depends on the kernel training will use (train/plan.py decides
+    auto the same way): flash (varlen, no mask), lmtune_packed, masked SDPA or plain SDPA."""
+    if configured == "flash_attention_2" or (
+        configured == "auto" and device == "cuda" and find_spec("flash_attn") is not None
+    ):
+        return "flash"
+    if configured == "lmtune_packed" or (configured == "auto" and device != "cuda" and packing):
+        return "lmtune_packed"
+    return "masked" if packing or rows > 1 else "sdpa"  # a block-diagonal or padding mask for SDPA
 
 
 # -- the estimate --------------------------------------------------------------------------------------
@@ -349,10 +369,7 @@ def _estimate(
     packing = cfg.task == "sft" and (
         cfg.data.packing is True or (cfg.data.packing == "auto" and method not in PROMPT_LEARNING)
     )
-    flash = cfg.model.attn_implementation == "flash_attention_2" or (
-        device == "cuda" and cfg.model.attn_implementation == "auto" and find_spec("flash_attn") is not None
-    )
-    masked = not flash and (packing or rows > 1)  # a block-diagonal or padding mask for SDPA
+    attention = attention_kind(cfg.model.attn_implementation, device=device, packing=packing, rows=rows)
 
     # activations ------------------------------------------------------------------------------------
     compute = 2 if (bf16 or explicit == 2) else 4
@@ -364,7 +381,15 @@ def _estimate(
         flowing = flowing or _trains(layer)
         if flowing:
             costs.append(
-                _layer_bytes(layer, shape, compute=compute, seq=seq, masked=masked, frozen_bytes=frozen_bytes)
+                _layer_bytes(
+                    layer,
+                    shape,
+                    compute=compute,
+                    seq=seq,
+                    attention=attention,
+                    frozen_bytes=frozen_bytes,
+                    dropout_bytes=1 if device == "cuda" or t.fast_dropout else compute,
+                )
             )
     if not costs and trainable:  # layers not found: a generic layer (norms, attention, gated MLP)
         notes.append("decoder layers not found: activations priced for a generic layer")

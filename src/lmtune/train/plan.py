@@ -5,7 +5,8 @@ what was chosen and why (nothing is silently rewritten). The decisions:
 
 - packing (sft): on, except for prefix/prompt/ptuning, whose virtual tokens must start every sample
 - gradient checkpointing: on only when the memory estimate says the run will not fit without it
-- attention: flash-attn 2 on CUDA when installed (varlen kernels isolate packed samples), else SDPA
+- attention: flash-attn 2 on CUDA when installed (varlen kernels isolate packed samples); packed rows
+  on CPU: lmtune_packed (attention per sample, train/packed_attention.py); else SDPA
 - Liger kernels: on CUDA when installed
 - frozen weights in bf16: when bf16 is on and the method saves only what it trains
 - torch.compile: decided after two eager steps, from their measured time (lm_trainer.SpeedCallback)
@@ -61,9 +62,14 @@ def plan_speed(cfg: RunConfig, *, device: str, bf16: bool) -> SpeedPlan:
         p.gradient_checkpointing = bool(t.gradient_checkpointing)
     attn = cfg.model.attn_implementation
     if attn == "auto":
-        attn = "flash_attention_2" if device == "cuda" and installed("flash_attn") else "sdpa"
         if device == "cuda":
+            attn = "flash_attention_2" if installed("flash_attn") else "sdpa"
             p.reasons["attention"] = attn + ("" if installed("flash_attn") else " (flash-attn not installed)")
+        elif p.packing:
+            attn = "lmtune_packed"
+            p.reasons["attention"] = "per packed sample (lmtune_packed)"
+        else:
+            attn = "sdpa"
     p.attn_implementation = attn
     if t.liger == "auto":
         p.liger = device == "cuda" and installed("liger_kernel")

@@ -195,9 +195,26 @@ class Session:
         else:
             model = (loader or load_causal_lm)(self.model_ref(), dtype=dtype, device=self.device, **kwargs)
             self.method.check(model, cfg.method)
-        if self.plan.attn_implementation != getattr(model.config, "_attn_implementation", None):
-            model.set_attn_implementation(self.plan.attn_implementation)
+        self.set_attention(model)
         return model
+
+    def set_attention(self, model: Any) -> None:
+        """The planned attention kernel; lmtune_packed falls back to sdpa on a model that refuses
+        registered kernels (one without transformers' attention-backend support)."""
+        attn = self.plan.attn_implementation
+        if attn == getattr(model.config, "_attn_implementation", None):
+            return
+        if attn == "lmtune_packed":
+            from lmtune.train.packed_attention import register
+
+            register()
+            try:
+                model.set_attn_implementation(attn)
+                return
+            except (ValueError, ImportError) as err:
+                self.console.print(f"Attention: sdpa ({type(model).__name__} refuses lmtune_packed: {err})")
+                self.plan.attn_implementation = attn = "sdpa"
+        model.set_attn_implementation(attn)
 
     def prepare(self, model: Any, **kw: Any) -> Any:
         """Put the method on the model (seeded, so fresh LoRA/prompt/adapter weights are reproducible)."""
@@ -303,6 +320,7 @@ class Session:
         from lmtune.tokenize.dataset import PadCollator, SampleDataset
         from lmtune.tokenize.packing import PackedCollator, PackedDataset, pack_samples, packing_stats
         from lmtune.train.lm_trainer import LMTrainer, SpeedCallback
+        from lmtune.train.lora_fast import restore_input_casts, speed_up_lora
         from lmtune.train.optim import build_optimizer
         from lmtune.train.plan import cast_frozen
 
@@ -324,6 +342,13 @@ class Session:
             train_set, val_set, collator = SampleDataset(train), SampleDataset(val), PadCollator(pad)
         if plan.bf16_frozen:
             cast_frozen(model, torch.bfloat16, source=torch.float32)
+        fast_dropout = self.cfg.train.fast_dropout and self.device == "cpu"
+        sped = speed_up_lora(model, autocast=self.bf16, fast_dropout=fast_dropout)
+        if any(sped.values()):
+            self.console.print(
+                f"LoRA: {sped['dropout']} dropouts draw 16-bit masks (train.fast_dropout), PEFT's float32 "
+                f"input cast off in {sped['input_cast']} layers (bf16 autocast casts back anyway)"
+            )
         has_val = bool(val)
         speed = SpeedCallback(compile_mode=plan.compile, device=self.device, console=self.console)
         overrides: dict[str, Any] = {"prediction_loss_only": True, "use_liger_kernel": plan.liger}
@@ -349,6 +374,8 @@ class Session:
         after = trainer.evaluate()["eval_loss"] if has_val else None
         if plan.bf16_frozen:
             cast_frozen(model, torch.float32, source=torch.bfloat16)
+        if sped["input_cast"]:
+            restore_input_casts(model)
         return {
             "trainer": trainer,
             "output": output,
