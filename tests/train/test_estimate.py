@@ -101,9 +101,9 @@ def test_tokens_and_loss_follow_the_config(tiny_config_dir):
     )
     e = est.estimate_memory(cfg, device="cpu")
     assert e.tokens_per_step == 2 * 64
-    # 128 trained positions at most, under one 1024-row chunk: float32 logits + logsumexp's float32
-    # temporary, plus the gathered bf16 hidden states and their gradient
-    assert e.loss == 128 * v * 8 + 2 * 128 * h * 2
+    # 128 trained positions at most, under one 256-row chunk: the bf16 matmul output and the float32
+    # softmax buffer, plus the gathered bf16 hidden states and their gradient
+    assert e.loss == 128 * v * (2 + 4) + 2 * 128 * h * 2
     full = est.estimate_memory(
         make_cfg(
             tiny_config_dir,

@@ -14,7 +14,7 @@ is arithmetic over that model's shapes, each term counted from what PyTorch allo
 - activations: what autograd keeps for the backward pass, counted op by op per decoder layer
   (`_layer_bytes`), plus one layer's working memory; with checkpointing each layer's input only,
   plus one layer recomputed.
-- loss: one train.loss_chunk of float32 logits and its logsumexp temporary, or the whole batch's.
+- loss: one train.loss_chunk of logits (compute dtype and float32 buffers), or the whole batch's.
 - overhead: this process's resident memory, measured once torch, transformers, PEFT and the
   Trainer are imported, as they are in a training process.
 - loading: above the final weights while loading (float32 file pages while frozen weights are cast
@@ -465,9 +465,9 @@ def _loss_bytes(
 ) -> int:
     """Output head + cross-entropy at their peak.
 
-    Chunked (lm_loss.LinearCrossEntropy): one chunk's float32 logits and logsumexp's float32
-    temporary (8 bytes per logit; the compute-dtype logits are freed by then), the gathered hidden
-    states and their gradient, bf16 casts of a float32 head, a trained head's float32 gradient.
+    Chunked (lm_loss.LinearCrossEntropy): one chunk's logits buffers (the matmul's output in the
+    compute dtype and a float32 one for the softmax, reused by every chunk), the gathered hidden
+    states and their gradient, a bf16 cast of a float32 head, a trained head's float32 gradient.
     The model's own loss: the batch's logits in the compute dtype, upcast to float32, and the
     float32 log-softmax kept for the backward pass.
     """
@@ -479,11 +479,12 @@ def _loss_bytes(
     if not (chunk > 0 and cfg.task in ("sft", "pretrain") and cfg.method.name not in PROMPT_LEARNING):
         return tokens * vocab * (compute + 8)
     extra = 2 * tokens * shape.hidden * stream
-    if compute == 2 and head_bytes == 4:  # autocast's copy and the chunk loop's cast, both bf16
-        extra += 2 * 2 * head.weight.numel()
+    if compute == 2 and head_bytes == 4:  # the chunk loop's bf16 copy of a float32 head
+        extra += 2 * head.weight.numel()
     if head.weight.requires_grad:
         extra += 4 * head.weight.numel()
-    return min(chunk, tokens) * vocab * 8 + extra
+    per_logit = 4 if compute == 4 else compute + 4  # one buffer, or the matmul's and a float32 one
+    return min(chunk, tokens) * vocab * per_logit + extra
 
 
 def _loading_bytes(
