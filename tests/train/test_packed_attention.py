@@ -116,7 +116,9 @@ def test_padded_bucket_slots_get_no_gradient():
     qb = qs.view(n, length, 1, 2, d).permute(0, 2, 3, 1, 4).reshape(n, 2 * length, d)
     kb = ks.view(n, length, 1, d).transpose(1, 2).reshape(n, length, d)
     vb = vs.view(n, length, 1, d).transpose(1, 2).reshape(n, length, d)
-    scores = torch.baddbmm(pa.causal_bias(length, 2, qb.dtype, qb.device), qb, kb.transpose(1, 2), alpha=0.5)
+    scores = torch.baddbmm(
+        plan.causal_bias(length, 2, qb.dtype, qb.device), qb, kb.transpose(1, 2), alpha=0.5
+    )
     o = (
         torch.bmm(torch.softmax(scores, -1), vb)
         .view(n, 1, 2, length, d)
@@ -128,3 +130,21 @@ def test_padded_bucket_slots_get_no_gradient():
     ref_grads = torch.autograd.grad(ref.square().sum(), (q, k, v))
     for g, r in zip(grads, ref_grads):
         torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-6)
+
+
+def test_the_plan_is_reused_only_for_the_same_position_ids_and_mask():
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    torch.manual_seed(0)
+    module = torch.nn.Module()
+    module.is_causal, module.num_key_value_groups = True, 2
+    q, k, v = torch.randn(1, 2, 8, 4), torch.randn(1, 1, 8, 4), torch.randn(1, 1, 8, 4)
+    pos = packed_positions([[5, 3]])
+    causal = torch.ones(8, 8, dtype=torch.bool).tril()[None, None]
+    sample = pa.sample_starts(pos).long().cumsum(-1)
+    block = causal & (sample[:, None, :, None] == sample[:, None, None, :])
+    for mask in (block, causal, block):  # same position_ids object; the mask decides each time
+        ours, _ = pa.packed_attention(module, q, k, v, mask, position_ids=pos)
+        ref, _ = sdpa_attention_forward(module, q, k, v, mask, position_ids=pos)
+        torch.testing.assert_close(ours, ref)
+    assert pa._plans.plan is not None  # the last call (block mask) went the bucketed way

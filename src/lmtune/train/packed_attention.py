@@ -24,8 +24,7 @@ Registered with transformers' public `AttentionInterface` / `AttentionMaskInterf
 from __future__ import annotations
 
 import weakref
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
 
 import torch
 
@@ -41,15 +40,32 @@ class SegmentPlan:
     gather: torch.Tensor  # (sum samples*length,) flat token index of every padded slot
     real: torch.Tensor  # (sum samples*length,) bool: the slot holds a real token
     scatter: torch.Tensor  # (B*T,) padded-slot index of every token, for gathering outputs back
+    biases: dict[tuple, torch.Tensor] = field(default_factory=dict)
+
+    def causal_bias(self, length: int, groups: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """(groups*length, length) additive causal mask, repeated for the query heads stacked per k/v
+        head; made once per forward and bucket length (every layer reuses it), freed with the plan."""
+        key = (length, groups, dtype, device)
+        if key not in self.biases:
+            allowed = torch.ones(length, length, dtype=torch.bool, device=device).tril()
+            bias = torch.zeros(length, length, dtype=dtype, device=device).masked_fill(
+                ~allowed, float("-inf")
+            )
+            self.biases[key] = bias.repeat(groups, 1)
+        return self.biases[key]
+
+
+def sample_starts(position_ids: torch.Tensor) -> torch.Tensor:
+    """(B, T) bool: a new sample starts wherever a position is not the previous one + 1, as
+    transformers' `find_packed_sequence_indices` decides for the mask."""
+    starts = torch.ones_like(position_ids, dtype=torch.bool)
+    starts[:, 1:] = position_ids[:, 1:] != position_ids[:, :-1] + 1
+    return starts
 
 
 def segments(position_ids: torch.Tensor) -> list[tuple[int, int]]:
-    """(flat start, length) of every sample: a new one starts wherever a position is not the
-    previous one + 1, as transformers' `find_packed_sequence_indices` decides for the mask."""
-    b, t = position_ids.shape
-    starts = torch.ones_like(position_ids, dtype=torch.bool)
-    starts[:, 1:] = position_ids[:, 1:] != position_ids[:, :-1] + 1
-    flat = starts.flatten().nonzero().flatten().tolist() + [b * t]
+    """(flat start, length) of every sample in the rows."""
+    flat = sample_starts(position_ids).flatten().nonzero().flatten().tolist() + [position_ids.numel()]
     return [(s, e - s) for s, e in zip(flat, flat[1:])]
 
 
@@ -101,19 +117,6 @@ class GatherRows(torch.autograd.Function):
         return out, None, None
 
 
-_causal: dict[tuple[int, int, torch.dtype, torch.device], torch.Tensor] = {}
-
-
-def causal_bias(length: int, groups: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """(groups*length, length) additive causal mask, repeated for the query heads stacked per k/v head."""
-    key = (length, groups, dtype, device)
-    if key not in _causal:
-        allowed = torch.ones(length, length, dtype=torch.bool, device=device).tril()
-        bias = torch.zeros(length, length, dtype=dtype, device=device).masked_fill(~allowed, float("-inf"))
-        _causal[key] = bias.repeat(groups, 1)
-    return _causal[key]
-
-
 def bucketed_attention(q, k, v, plan: SegmentPlan, scaling: float) -> torch.Tensor:
     """q (B, Hq, T, D), k/v (B, Hkv, T, D) -> output (B, T, Hq, D), samples isolated."""
     b, hq, t, d = q.shape
@@ -136,7 +139,7 @@ def bucketed_attention(q, k, v, plan: SegmentPlan, scaling: float) -> torch.Tens
         vb = vs[at : at + size].view(n, length, hkv, d).transpose(1, 2).reshape(n * hkv, length, d)
         at += size
         scores = torch.baddbmm(
-            causal_bias(length, g, qb.dtype, qb.device), qb, kb.transpose(1, 2), alpha=scaling
+            plan.causal_bias(length, g, qb.dtype, qb.device), qb, kb.transpose(1, 2), alpha=scaling
         )
         o = torch.bmm(torch.softmax(scores, dim=-1), vb)  # (n*hkv, g*length, d)
         outs.append(o.view(n, hkv, g, length, d).permute(0, 3, 1, 2, 4).reshape(size, hq, d))
@@ -145,26 +148,27 @@ def bucketed_attention(q, k, v, plan: SegmentPlan, scaling: float) -> torch.Tens
 
 
 class _PlanCache:
-    """The plan of the forward in progress: every layer gets the same position_ids tensor object."""
+    """The plan of the forward in progress: every layer gets the same position_ids and mask objects
+    (held by weak references, so a freed tensor's address reused by the next batch never matches)."""
 
     def __init__(self) -> None:
-        self.ref: Any = None
-        self.version = -1
+        self.refs: tuple = ()
+        self.versions: tuple = ()
         self.plan: SegmentPlan | None = None
 
     def get(self, position_ids: torch.Tensor, mask: torch.Tensor) -> SegmentPlan | None:
-        if self.ref is not None and self.ref() is position_ids and self.version == position_ids._version:
+        versions = (position_ids._version, mask._version)
+        same = self.refs and self.refs[0]() is position_ids and self.refs[1]() is mask
+        if same and self.versions == versions:
             return self.plan
-        plan = plan_segments(position_ids) if block_diagonal(mask, position_ids) else None
-        self.ref, self.version, self.plan = weakref.ref(position_ids), position_ids._version, plan
-        return plan
+        self.plan = plan_segments(position_ids) if block_diagonal(mask, position_ids) else None
+        self.refs, self.versions = (weakref.ref(position_ids), weakref.ref(mask)), versions
+        return self.plan
 
 
 def block_diagonal(mask: torch.Tensor, position_ids: torch.Tensor) -> bool:
     """True when `mask` (B, 1, T, T) bool is exactly the causal mask of the packed samples."""
-    sample = torch.ones_like(position_ids, dtype=torch.long)
-    sample[:, 1:] = (position_ids[:, 1:] != position_ids[:, :-1] + 1).long()
-    sample = sample.cumsum(-1)
+    sample = sample_starts(position_ids).long().cumsum(-1)
     t = position_ids.shape[1]
     causal = torch.ones(t, t, dtype=torch.bool, device=mask.device).tril()
     expected = (sample[:, :, None] == sample[:, None, :]) & causal
