@@ -54,6 +54,24 @@ def test_equals_sdpa_block_diagonal_attention_with_gradients(monkeypatch):
         torch.testing.assert_close(g, ref_grads[k], rtol=1e-4, atol=1e-6, msg=k)
 
 
+def test_inference_mode_forward_equals_sdpa(monkeypatch):
+    """Evaluation runs under torch.inference_mode, whose tensors have no version counter."""
+    pa.register()
+    model = tiny_llama(100)
+    pos = packed_positions(LENGTHS)
+    ids = torch.randint(0, 100, pos.shape, generator=torch.Generator().manual_seed(3))
+    ran = []
+    real = pa.bucketed_attention
+    monkeypatch.setattr(pa, "bucketed_attention", lambda *a: ran.append(1) or real(*a))
+    outs = []
+    for attn in ("sdpa", "lmtune_packed"):
+        model.set_attn_implementation(attn)
+        with torch.inference_mode():
+            outs.append(model(input_ids=ids, position_ids=pos, use_cache=False).logits)
+    assert ran
+    torch.testing.assert_close(outs[1], outs[0], rtol=1e-5, atol=1e-5)
+
+
 def test_bf16_stays_close_to_sdpa():
     pa.register()
     model = tiny_llama(100)

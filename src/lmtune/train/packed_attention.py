@@ -157,13 +157,18 @@ class _PlanCache:
         self.plan: SegmentPlan | None = None
 
     def get(self, position_ids: torch.Tensor, mask: torch.Tensor) -> SegmentPlan | None:
-        versions = (position_ids._version, mask._version)
+        versions = (version(position_ids), version(mask))
         same = self.refs and self.refs[0]() is position_ids and self.refs[1]() is mask
         if same and self.versions == versions:
             return self.plan
         self.plan = plan_segments(position_ids) if block_diagonal(mask, position_ids) else None
         self.refs, self.versions = (weakref.ref(position_ids), weakref.ref(mask)), versions
         return self.plan
+
+
+def version(t: torch.Tensor) -> int:
+    """The in-place version counter; inference-mode tensors have none (and are not modified)."""
+    return -1 if t.is_inference() else t._version
 
 
 def block_diagonal(mask: torch.Tensor, position_ids: torch.Tensor) -> bool:
