@@ -57,6 +57,7 @@ def test_fast_dropout_scales_kept_values_and_their_gradient():
     assert FastDropout(0.0)(x) is x
     with pytest.raises(ValueError):
         FastDropout(1.0)
+    assert FastDropout(1 - 1e-9).scale == 65536  # p rounded up to 1 keeps one lane value of 65536
 
 
 def lora_model(dropout: float, **kw):

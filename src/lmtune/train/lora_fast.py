@@ -32,7 +32,7 @@ class FastDropout(nn.Module):
         if not 0 <= p < 1:
             raise ValueError(f"dropout probability must be in [0, 1), got {p}")
         self.p = p
-        self.cut = round(p * LANES)  # lanes below this (of 0..65535) are dropped
+        self.cut = min(round(p * LANES), LANES - 1)  # lanes below this (of 0..65535) are dropped
         self.scale = LANES / (LANES - self.cut)
 
     @property
