@@ -37,15 +37,21 @@ def run(model, ids, pos, attn):
     return out.logits.detach(), {k: p.grad.clone() for k, p in model.named_parameters()}
 
 
-def test_equals_sdpa_block_diagonal_attention_with_gradients(monkeypatch):
-    """fp32: logits and every gradient as with SDPA's block-diagonal mask; the bucketed path ran."""
+def packed_case(monkeypatch, seed: int):
+    """A tiny Llama, packed ids and positions, and the bucket lists of every bucketed call."""
     pa.register()
     model = tiny_llama(100)
     pos = packed_positions(LENGTHS)
-    ids = torch.randint(0, 100, pos.shape, generator=torch.Generator().manual_seed(0))
-    ran = []
+    ids = torch.randint(0, 100, pos.shape, generator=torch.Generator().manual_seed(seed))
+    ran: list = []
     real = pa.bucketed_attention
     monkeypatch.setattr(pa, "bucketed_attention", lambda *a: ran.append(a[3].buckets) or real(*a))
+    return model, ids, pos, ran
+
+
+def test_equals_sdpa_block_diagonal_attention_with_gradients(monkeypatch):
+    """fp32: logits and every gradient as with SDPA's block-diagonal mask; the bucketed path ran."""
+    model, ids, pos, ran = packed_case(monkeypatch, 0)
     ref_logits, ref_grads = run(model, ids, pos, "sdpa")
     logits, grads = run(model, ids, pos, "lmtune_packed")
     assert len(ran) == 2 and any(n > 1 for n, _ in ran[0])  # both layers, samples batched per bucket
@@ -56,13 +62,7 @@ def test_equals_sdpa_block_diagonal_attention_with_gradients(monkeypatch):
 
 def test_inference_mode_forward_equals_sdpa(monkeypatch):
     """Evaluation runs under torch.inference_mode, whose tensors have no version counter."""
-    pa.register()
-    model = tiny_llama(100)
-    pos = packed_positions(LENGTHS)
-    ids = torch.randint(0, 100, pos.shape, generator=torch.Generator().manual_seed(3))
-    ran = []
-    real = pa.bucketed_attention
-    monkeypatch.setattr(pa, "bucketed_attention", lambda *a: ran.append(1) or real(*a))
+    model, ids, pos, ran = packed_case(monkeypatch, 3)
     outs = []
     for attn in ("sdpa", "lmtune_packed"):
         model.set_attn_implementation(attn)
