@@ -30,14 +30,13 @@ from __future__ import annotations
 import copy
 import functools
 from dataclasses import dataclass, field
-from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
 from lmtune.config.schema import RunConfig
 from lmtune.errors import LmtuneError, ModelError
 from lmtune.train.memory import available_memory, format_bytes, resident_memory
-from lmtune.train.plan import PROMPT_LEARNING, SAVES_FROZEN_WEIGHTS
+from lmtune.train.plan import PROMPT_LEARNING, SAVES_FROZEN_WEIGHTS, choose_attention
 
 PEFT_METHODS = ("lora", "qlora", "ia3", "ln_tuning", *PROMPT_LEARNING)  # reference model = adapter off
 REFERENCE_LOSSES = ("sigmoid", "ipo", "hinge", "kto")  # preference losses that need a reference model
@@ -302,14 +301,11 @@ def _layer_bytes(
 
 
 def attention_kind(configured: str, *, device: str, packing: bool, rows: int) -> str:
-    """What the attention keeps depends on the kernel training will use (train/plan.py decides
-    auto the same way): flash (varlen, no mask), lmtune_packed, masked SDPA or plain SDPA."""
-    if configured == "flash_attention_2" or (
-        configured == "auto" and device == "cuda" and find_spec("flash_attn") is not None
-    ):
-        return "flash"
-    if configured == "lmtune_packed" or (configured == "auto" and device != "cuda" and packing):
-        return "lmtune_packed"
+    """What the attention keeps depends on the kernel training will use (plan.choose_attention):
+    flash (varlen, no mask), lmtune_packed, masked SDPA or plain SDPA."""
+    kernel = choose_attention(configured, device=device, packing=packing)
+    if kernel in ("flash_attention_2", "lmtune_packed"):
+        return "flash" if kernel == "flash_attention_2" else kernel
     return "masked" if packing or rows > 1 else "sdpa"  # a block-diagonal or padding mask for SDPA
 
 

@@ -43,6 +43,16 @@ def installed(package: str) -> bool:
     return importlib.util.find_spec(package) is not None
 
 
+def choose_attention(configured: str, *, device: str, packing: bool) -> str:
+    """The attention kernel `model.attn_implementation` resolves to (the memory estimate asks too):
+    flash-attn 2 on CUDA when installed, per-sample attention for packed rows on CPU, else SDPA."""
+    if configured != "auto":
+        return configured
+    if device == "cuda":
+        return "flash_attention_2" if installed("flash_attn") else "sdpa"
+    return "lmtune_packed" if packing else "sdpa"
+
+
 def plan_speed(cfg: RunConfig, *, device: str, bf16: bool) -> SpeedPlan:
     t, method = cfg.train, cfg.method.name
     p = SpeedPlan()
@@ -60,17 +70,13 @@ def plan_speed(cfg: RunConfig, *, device: str, bf16: bool) -> SpeedPlan:
         p.reasons["gradient checkpointing"] = f"{'on' if p.gradient_checkpointing else 'off'} ({why})"
     else:
         p.gradient_checkpointing = bool(t.gradient_checkpointing)
-    attn = cfg.model.attn_implementation
-    if attn == "auto":
-        if device == "cuda":
-            attn = "flash_attention_2" if installed("flash_attn") else "sdpa"
-            p.reasons["attention"] = attn + ("" if installed("flash_attn") else " (flash-attn not installed)")
-        elif p.packing:
-            attn = "lmtune_packed"
-            p.reasons["attention"] = "per packed sample (lmtune_packed)"
-        else:
-            attn = "sdpa"
-    p.attn_implementation = attn
+    attn = p.attn_implementation = choose_attention(
+        cfg.model.attn_implementation, device=device, packing=p.packing
+    )
+    if cfg.model.attn_implementation == "auto" and device == "cuda":
+        p.reasons["attention"] = attn + ("" if attn == "flash_attention_2" else " (flash-attn not installed)")
+    elif cfg.model.attn_implementation == "auto" and attn == "lmtune_packed":
+        p.reasons["attention"] = "per packed sample (lmtune_packed)"
     if t.liger == "auto":
         p.liger = device == "cuda" and installed("liger_kernel")
         if device == "cuda":
