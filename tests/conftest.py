@@ -210,3 +210,27 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def family_tokenizer_dir():
+    """`family_tokenizer_dir("qwen3")`: that family's real tokenizer + chat template as a folder (tests/families.py)."""
+    from tests.families import tokenizer_dir
+
+    return tokenizer_dir
+
+
+@pytest.fixture(scope="session")
+def family_model_dir(tmp_path_factory):
+    """`family_model_dir("mixtral")`: a tiny random model of that family with its real tokenizer and
+    template, built once per test session (tests/families.py)."""
+    from tests.families import build_model
+
+    built: dict[str, Path] = {}
+
+    def get(name: str) -> Path:
+        if name not in built:
+            built[name] = build_model(name, tmp_path_factory.mktemp(f"family_{name}"))
+        return built[name]
+
+    return get
