@@ -136,7 +136,7 @@ def test_no_trained_turn_is_rejected(tok):
 
 
 def test_template_that_rewrites_history_is_rejected(tok):
-    # Drops the content of earlier assistant turns (as reasoning templates do): not prefix-stable.
+    # Drops the content of earlier assistant turns: the answer is nowhere in the full rendering.
     tok.chat_template = (
         "{% for m in messages %}{% if m['role'] == 'assistant' and not loop.last %}"
         "<|im_start|>assistant\n<|im_end|>\n{% else %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
@@ -144,7 +144,8 @@ def test_template_that_rewrites_history_is_rejected(tok):
     )
     with pytest.raises(MaskingError) as err:
         tokenize_conversation(tok, MULTI)
-    assert err.value.reason == "template_not_prefix_stable"
+    assert err.value.reason == "span_not_found"
+    assert "assistant message 1" in str(err.value)
 
 
 @pytest.mark.parametrize("name", ["chatml", "alpaca"])

@@ -20,7 +20,7 @@ SFT_FORMATS = ("openai", "sharegpt", "alpaca", "dolly", "prompt_completion")
 
 # Canonical field names each format understands (the keys `columns` may map).
 FIELDS: dict[str, tuple[str, ...]] = {
-    "openai": ("messages", "role", "content", "weight", "tool_calls", "name", "tools"),
+    "openai": ("messages", "role", "content", "weight", "tool_calls", "name", "tools", "reasoning_content", "tool_call_id"),
     "sharegpt": ("conversations", "from", "value", "system", "tools"),
     "alpaca": ("instruction", "input", "output", "system", "history", "tools"),
     "dolly": ("instruction", "context", "response", "system"),
@@ -29,7 +29,11 @@ FIELDS: dict[str, tuple[str, ...]] = {
     "text": ("text",),
 }
 # Fields that live inside each message rather than at the top level of a record.
-_MESSAGE_FIELDS = frozenset({"role", "content", "weight", "tool_calls", "name", "from", "value"})
+_MESSAGE_FIELDS = frozenset(
+    {"role", "content", "weight", "tool_calls", "name", "from", "value", "reasoning_content", "tool_call_id"}
+)
+# Names the reasoning of an answer goes by (OpenAI-compatible APIs, DeepSeek, gpt-oss), read in this order.
+REASONING_FIELDS = ("reasoning_content", "reasoning", "thinking")
 _SIGNATURES = (
     "openai (messages); sharegpt (conversations); alpaca (instruction, input, output); dolly (instruction, "
     "context, response); prompt_completion (prompt, completion); preference (chosen, rejected); text (text)"
@@ -240,10 +244,24 @@ def _from_openai(data: dict[str, Any], cols: dict[str, str]) -> Conversation:
                               "add the message text (only assistant messages with tool_calls may omit it).")  # fmt: skip
         content = _content(m.get(k_content), f"{f}.{k_content}", allow_null=bool(calls))
         name = m.get(k["name"])
-        msgs.append(
-            Message(role, content, m.get(k["weight"]), calls, name if isinstance(name, str) else None)
-        )
+        msg = Message(role, content, m.get(k["weight"]), calls, name if isinstance(name, str) else None)
+        msg.reasoning_content = _reasoning(m, k["reasoning_content"], f)
+        call_id = m.get(k["tool_call_id"])
+        msg.tool_call_id = str(call_id) if isinstance(call_id, (str, int)) and call_id != "" else None
+        msgs.append(msg)
     return Conversation(msgs, tools=_tools(data, cols))
+
+
+def _reasoning(m: dict[str, Any], key: str, f: str) -> str | None:
+    """The message's reasoning text from the first reasoning field it has (`key` first), or None."""
+    for name in (key, *REASONING_FIELDS):
+        value = m.get(name)
+        if value is None or value == "":
+            continue
+        if not isinstance(value, str):
+            raise _wrong_type(f"{f}.{name}", "a string (the answer's reasoning)", value)
+        return value
+    return None
 
 
 def speaker_roles(roles: dict[str, str] | None) -> dict[str, str]:

@@ -22,6 +22,10 @@ class Message:
     weight: float | None = None
     tool_calls: list[dict[str, Any]] | None = None
     name: str | None = None
+    # The answer's reasoning (chain of thought), kept apart from `content` as the OpenAI-compatible
+    # APIs and chat templates (Qwen3, DeepSeek-R1) name it; also read from `reasoning` / `thinking`.
+    reasoning_content: str | None = None
+    tool_call_id: str | None = None  # a tool message: which call it answers (Mistral's template needs it)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"role": self.role, "content": self.content}
@@ -31,6 +35,10 @@ class Message:
             out["tool_calls"] = self.tool_calls
         if self.name:
             out["name"] = self.name
+        if self.reasoning_content:
+            out["reasoning_content"] = self.reasoning_content
+        if self.tool_call_id:
+            out["tool_call_id"] = self.tool_call_id
         return out
 
 
@@ -55,6 +63,8 @@ class Conversation:
                 weight=m.get("weight"),
                 tool_calls=m.get("tool_calls"),
                 name=m.get("name"),
+                reasoning_content=m.get("reasoning_content"),
+                tool_call_id=m.get("tool_call_id"),
             )
             for m in data["messages"]
         ]

@@ -68,6 +68,9 @@ def _check_message(i: int, m: Message) -> None:
             raise RecordError("bad_tool_call", f"only assistant messages may have tool_calls, not {m.role}.",
                               f"{f}.tool_calls", "move the tool call into an assistant message.")  # fmt: skip
         _check_tool_calls(f, m.tool_calls)
+    if m.reasoning_content is not None and m.role != "assistant":
+        raise RecordError("bad_reasoning", f"reasoning_content is only allowed on assistant messages, not {m.role}.",
+                          f"{f}.reasoning_content", "move the reasoning into the assistant answer it belongs to.")  # fmt: skip
 
 
 def _check_tool_calls(f: str, calls: Any) -> None:

@@ -35,7 +35,8 @@ from typing import Any
 
 import numpy as np
 
-from lmtune.tokenize.templates import to_template_messages
+from lmtune.tokenize.spans import SpanError, locate_turns
+from lmtune.tokenize.templates import template_view
 
 IGNORE = -100
 
@@ -151,26 +152,35 @@ def trained_char_spans(
     turns: list[int],
     renderer: ChatRenderer | None = None,
 ) -> tuple[str, list[tuple[int, int]]]:
-    """The full rendering and the character spans of the trained assistant turns."""
+    """The full rendering and the character spans of the trained assistant turns (spans.py)."""
     draw = renderer or ChatRenderer(tokenizer)
-    tmsgs, ttools = to_template_messages(messages, tools, tokenizer)
-    full = draw(tmsgs, ttools, generation_prompt=False)
-    shift = len(tmsgs) - len(messages)  # the tools fallback may insert a system message first
-    spans = []
-    for i in (t + shift for t in turns):
-        prompt = draw(tmsgs[:i], ttools, generation_prompt=True)
-        # Q_i of the last message is the whole conversation: the very same call, so reuse `full`.
-        upto = full if i + 1 == len(tmsgs) else draw(tmsgs[: i + 1], ttools, generation_prompt=False)
-        if not (upto.startswith(prompt) and full.startswith(upto)):
-            raise MaskingError(
-                "template_not_prefix_stable",
-                f"the chat template renders turn {i} differently inside the full conversation than on "
-                "its own, so trained tokens cannot be located safely; set data.template (chatml or "
-                "alpaca) to use a prefix-stable template",
-            )
-        if len(upto) > len(prompt):
-            spans.append((len(prompt), len(upto)))
+    tmsgs, ttools, index = template_view(messages, tools, tokenizer)
+    try:
+        full = draw(tmsgs, ttools, generation_prompt=False)
+        spans = locate_turns(full, draw, tmsgs, ttools, [index[t] for t in turns if index[t] is not None])
+    except SpanError as err:
+        raise MaskingError(err.reason, str(err)) from None
+    except Exception as err:  # noqa: BLE001 - anything the model's template raises is about this record
+        raise template_error(err) from None
     return full, spans
+
+
+def template_error(err: Exception) -> MaskingError:
+    """A MaskingError for an exception raised while rendering a conversation with the chat template:
+    its own message (raise_exception's text, a jinja2 error, a TypeError from template code) and a fix."""
+    text = str(err).strip() or type(err).__name__
+    kind = "" if type(err).__name__ == "TemplateError" else f"{type(err).__name__}: "
+    hint = (
+        "make the record fit what the template expects (e.g. roles alternating user/assistant, fields it "
+        "reads such as tools or tool_calls present)"
+    )
+    if isinstance(err, TypeError) and "NoneType" in text:
+        hint = "the template reads a field this record lacks (tools, tool_calls, content?); add it to the record"
+    return MaskingError(
+        "template_error",
+        f"the model's chat template raised an error on this record: {kind}{text}. Fix: {hint}, or set "
+        "data.template (chatml or alpaca) to use a fallback template",
+    )
 
 
 def tokenize_conversation(

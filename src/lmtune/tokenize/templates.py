@@ -95,10 +95,25 @@ def to_template_messages(
     messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None, tokenizer: Any
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
     """Canonical messages -> what `apply_chat_template` gets, with the tools fallback applied."""
+    out, tools_out, _ = template_view(messages, tools, tokenizer)
+    return out, tools_out
+
+
+def template_view(
+    messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None, tokenizer: Any
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None, list[int | None]]:
+    """`to_template_messages`, plus where each canonical message went: index[j] is the template
+    message of messages[j], None for a system message merged into the first user turn (templates
+    without a system role, see `has_system_role`)."""
     native_calls = supports(tokenizer, "tool_calls")
+    reasoning_key = _reasoning_key(tokenizer)
     out: list[dict[str, Any]] = []
     for m in messages:
         msg: dict[str, Any] = {"role": m["role"], "content": m.get("content") or ""}
+        if m.get("reasoning_content"):
+            msg[reasoning_key] = m["reasoning_content"]
+        if m.get("tool_call_id"):
+            msg["tool_call_id"] = m["tool_call_id"]
         if m.get("tool_calls"):
             if native_calls:
                 msg["tool_calls"] = [_dict_arguments(c) for c in m["tool_calls"]]
@@ -106,14 +121,71 @@ def to_template_messages(
                 calls = "\n".join(_call_text(c) for c in m["tool_calls"])
                 msg["content"] = (msg["content"] + "\n" if msg["content"] else "") + calls
         out.append(msg)
+    index: list[int | None] = list(range(len(out)))
     if not tools or supports(tokenizer, "tools"):
-        return out, tools or None
-    listing = "You can call these tools:\n" + "\n".join(json.dumps(t, ensure_ascii=False) for t in tools)
-    if out and out[0]["role"] == "system":
-        out[0] = {**out[0], "content": out[0]["content"] + "\n\n" + listing}
+        tools_out = tools or None
     else:
-        out.insert(0, {"role": "system", "content": listing})
-    return out, None
+        listing = "You can call these tools:\n" + "\n".join(json.dumps(t, ensure_ascii=False) for t in tools)
+        if out and out[0]["role"] == "system":
+            out[0] = {**out[0], "content": out[0]["content"] + "\n\n" + listing}
+        else:
+            out.insert(0, {"role": "system", "content": listing})
+            index = [j + 1 for j in range(len(messages))]
+        tools_out = None
+    if len(out) > 1 and out[0]["role"] == "system" and out[1]["role"] == "user" and not has_system_role(tokenizer):
+        out[1] = {**out[1], "content": merge_system(out[0]["content"], out[1]["content"])}
+        del out[0]
+        index = [None if j == 0 else j - 1 for j in index]  # type: ignore[operator]
+    return out, tools_out, index
+
+
+def merge_system(system: str, user: str) -> str:
+    """The first user turn of a template without a system role: the system text, a blank line, the
+    user text (what Gemma's own documentation recommends)."""
+    return f"{system}\n\n{user}" if system else user
+
+
+REASONING_KEYS = ("reasoning_content", "reasoning", "thinking")
+
+
+def _reasoning_key(tokenizer: Any) -> str:
+    """The message field the template reads reasoning from (`reasoning_content` for Qwen3 and
+    DeepSeek, `thinking` for gpt-oss, ...); `reasoning_content` when it names none."""
+    template = getattr(tokenizer, "chat_template", None) or ""
+    if not isinstance(template, str):
+        return REASONING_KEYS[0]
+    for key in REASONING_KEYS:
+        if f".{key}" in template or f"['{key}']" in template or f'["{key}"]' in template:
+            return key
+    return REASONING_KEYS[0]
+
+
+_SYSTEM_PROBE = "lmtune system probe 7"
+_system_roles: dict[tuple[str, str], bool] = {}
+
+
+def has_system_role(tokenizer: Any) -> bool:
+    """Whether the chat template renders a system message, found by trying: a template that raises
+    on one (Gemma: "System role not supported") or drops its text has none. A template that also
+    fails without a system message is not judged here (its own error surfaces per record)."""
+    template = getattr(tokenizer, "chat_template", None)
+    if not isinstance(template, str):
+        return True
+    key = (template, str(getattr(tokenizer, "bos_token", None)))
+    if key not in _system_roles:
+        user = {"role": "user", "content": "Hi"}
+        try:
+            text = tokenizer.apply_chat_template(
+                [{"role": "system", "content": _SYSTEM_PROBE}, user], tokenize=False, add_generation_prompt=True
+            )
+            _system_roles[key] = _SYSTEM_PROBE in text
+        except Exception:  # noqa: BLE001 - any template error on a system message means "no system role"
+            try:
+                tokenizer.apply_chat_template([user], tokenize=False, add_generation_prompt=True)
+                _system_roles[key] = False
+            except Exception:  # noqa: BLE001 - the template fails anyway: not a system-role question
+                _system_roles[key] = True
+    return _system_roles[key]
 
 
 def _dict_arguments(call: dict[str, Any]) -> dict[str, Any]:
