@@ -66,7 +66,11 @@ TOOLS = [
         "function": {
             "name": "get_weather",
             "description": "Current weather in a city.",
-            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string"}},
+                "required": ["city"],
+            },
         },
     }
 ]
@@ -85,7 +89,9 @@ def survey_one(tokenizer: Any, template: str) -> dict[str, Any]:
 
     tokenizer.chat_template = template
     try:
-        outs = tokenize_conversations(tokenizer, [(r, TOOLS if _calls(r) else None) for r in RECORDS], max_length=4096)
+        outs = tokenize_conversations(
+            tokenizer, [(r, TOOLS if _calls(r) else None) for r in RECORDS], max_length=4096
+        )
     except Exception as err:  # noqa: BLE001 - the survey reports whatever escapes masking
         return {"status": "error", "detail": f"{type(err).__name__}: {str(err)[:120]}"}
     rejects: dict[str, int] = {}
@@ -113,8 +119,9 @@ def survey_one(tokenizer: Any, template: str) -> dict[str, Any]:
 
 def default_tokenizer() -> Any:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from families import tokenizer_dir  # the tests' cached Qwen2 tokenizer from shared/
     from transformers import AutoTokenizer
+
+    from families import tokenizer_dir  # the tests' cached Qwen2 tokenizer from shared/
 
     return AutoTokenizer.from_pretrained(tokenizer_dir("qwen2"))
 

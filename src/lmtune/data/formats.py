@@ -20,7 +20,17 @@ SFT_FORMATS = ("openai", "sharegpt", "alpaca", "dolly", "prompt_completion")
 
 # Canonical field names each format understands (the keys `columns` may map).
 FIELDS: dict[str, tuple[str, ...]] = {
-    "openai": ("messages", "role", "content", "weight", "tool_calls", "name", "tools", "reasoning_content", "tool_call_id"),
+    "openai": (
+        "messages",
+        "role",
+        "content",
+        "weight",
+        "tool_calls",
+        "name",
+        "tools",
+        "reasoning_content",
+        "tool_call_id",
+    ),
     "sharegpt": ("conversations", "from", "value", "system", "tools"),
     "alpaca": ("instruction", "input", "output", "system", "history", "tools"),
     "dolly": ("instruction", "context", "response", "system"),

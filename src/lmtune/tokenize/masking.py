@@ -175,7 +175,9 @@ def template_error(err: Exception) -> MaskingError:
         "reads such as tools or tool_calls present)"
     )
     if isinstance(err, TypeError) and "NoneType" in text:
-        hint = "the template reads a field this record lacks (tools, tool_calls, content?); add it to the record"
+        hint = (
+            "the template reads a field this record lacks (tools, tool_calls, content?); add it to the record"
+        )
     return MaskingError(
         "template_error",
         f"the model's chat template raised an error on this record: {kind}{text}. Fix: {hint}, or set "

@@ -132,7 +132,12 @@ def template_view(
             out.insert(0, {"role": "system", "content": listing})
             index = [j + 1 for j in range(len(messages))]
         tools_out = None
-    if len(out) > 1 and out[0]["role"] == "system" and out[1]["role"] == "user" and not has_system_role(tokenizer):
+    if (
+        len(out) > 1
+        and out[0]["role"] == "system"
+        and out[1]["role"] == "user"
+        and not has_system_role(tokenizer)
+    ):
         out[1] = {**out[1], "content": merge_system(out[0]["content"], out[1]["content"])}
         del out[0]
         index = [None if j == 0 else j - 1 for j in index]  # type: ignore[operator]
@@ -176,7 +181,9 @@ def has_system_role(tokenizer: Any) -> bool:
         user = {"role": "user", "content": "Hi"}
         try:
             text = tokenizer.apply_chat_template(
-                [{"role": "system", "content": _SYSTEM_PROBE}, user], tokenize=False, add_generation_prompt=True
+                [{"role": "system", "content": _SYSTEM_PROBE}, user],
+                tokenize=False,
+                add_generation_prompt=True,
             )
             _system_roles[key] = _SYSTEM_PROBE in text
         except Exception:  # noqa: BLE001 - any template error on a system message means "no system role"
