@@ -46,6 +46,9 @@ def inspect(
     example: int = typer.Option(1, help="Which usable record to render (1-based)."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output with token ids and labels."),
     records: int = typer.Option(3, help="With --json: how many records to include token ids/labels for."),
+    system_merge: str = typer.Option(
+        "auto", help="auto or never, as data.system_merge (templates without a system role)."
+    ),
 ) -> None:
     """Detected format, counts, rejects by reason, token lengths, and one example with its trained
     tokens highlighted: exactly what the trainer will see."""
@@ -53,12 +56,15 @@ def inspect(
     from lmtune.models.load import load_tokenizer
     from lmtune.models.resolve import resolve_model_ref
     from lmtune.tokenize.dataset import tokenize_records
-    from lmtune.tokenize.templates import apply_template_choice
+    from lmtune.tokenize.templates import SYSTEM_MERGE_NOTE, apply_template_choice, check_system_role
 
     result = _load(file, fmt, column)
     tokenizer = load_tokenizer(resolve_model_ref(model))
     apply_template_choice(tokenizer, template)
-    tokset = tokenize_records(result.records, tokenizer, max_length=max_length, train_on=train_on)
+    merged = check_system_role(tokenizer, result.records, system_merge)
+    tokset = tokenize_records(
+        result.records, tokenizer, max_length=max_length, train_on=train_on, system_merge=system_merge
+    )
     rejects = result.rejects + tokset.rejects
     report: dict[str, Any] = {
         "file": str(file),
@@ -70,6 +76,8 @@ def inspect(
         "rejects": [{k: v for k, v in r.to_dict().items() if k != "raw"} for r in rejects[:20]],
         **{k: v for k, v in tokset.stats().items() if k not in ("samples", "rejected")},
     }
+    if merged:
+        report["note"] = SYSTEM_MERGE_NOTE
     if as_json:
         report["samples"] = [
             {
@@ -90,6 +98,8 @@ def _print_inspect(report: dict[str, Any], tokset: Any, tokenizer: Any, example:
     from rich.table import Table
     from rich.text import Text
 
+    from lmtune.tokenize.view import decoded_runs
+
     con = Console()
     table = Table(show_header=False, title=f"{report['file']}")
     table.add_row("format", report["format"])
@@ -107,6 +117,8 @@ def _print_inspect(report: dict[str, Any], tokset: Any, tokenizer: Any, example:
         f"{report['truncated']} samples truncated",
     )
     con.print(table)
+    if report.get("note"):
+        con.print(report["note"], highlight=False)
     for r in report["rejects"][:5]:
         con.print(
             f"[yellow]rejected[/] {r['file']} record {r['record']}"
@@ -123,9 +135,8 @@ def _print_inspect(report: dict[str, Any], tokset: Any, tokenizer: Any, example:
         "[bold green on grey15]trained tokens[/] vs [dim]context (label -100)[/]"
     )
     text = Text()
-    for tok, label in zip(sample.input_ids, sample.labels):
-        piece = tokenizer.decode([tok])
-        text.append(piece, style="bold green on grey15" if label != -100 else "dim")
+    for piece, trained in decoded_runs(tokenizer, sample.input_ids, sample.labels):
+        text.append(piece, style="bold green on grey15" if trained else "dim")
     con.print(text)
 
 

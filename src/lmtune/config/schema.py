@@ -156,6 +156,12 @@ class DataSection(Section):
     max_length: int = Field(
         1024, ge=8, description="Samples are truncated to this many tokens (pretrain: the block length)."
     )
+    system_merge: Literal["auto", "never"] = Field(
+        "auto",
+        description="For chat templates without a system role (Gemma; detected by rendering a system "
+        "message): auto merges a record's system message into its first user turn (system text, a blank "
+        "line, the user text), as the run log says; never stops with an error instead.",
+    )
     train_on: Literal["all", "last", "all_tokens"] = Field(
         "all",
         description="Which tokens carry loss. all: every assistant turn (with its end-of-turn token); "

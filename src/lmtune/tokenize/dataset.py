@@ -11,8 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from lmtune.data.records import Conversation, Reject
+from lmtune.errors import DataError
 from lmtune.tokenize.cache import cached_outcomes
 from lmtune.tokenize.masking import IGNORE, MaskingError, Tokenized, tokenize_conversations
+from lmtune.tokenize.templates import check_system_role
 
 
 @dataclass
@@ -52,6 +54,7 @@ def tokenize_records(
     max_length: int,
     train_on: str,
     cache_dir: str | Path | None = None,
+    system_merge: str = "auto",
 ) -> TokenizedSet:
     """Tokenise and mask every record; the ones that cannot be trained on become rejects.
 
@@ -64,6 +67,7 @@ def tokenize_records(
         convs = [([m.to_dict() for m in conv.messages], conv.tools) for conv in records]
         return tokenize_conversations(tokenizer, convs, max_length=max_length, train_on=train_on)
 
+    check_system_role(tokenizer, records, system_merge)  # "never" on a template without one: ConfigError
     out = TokenizedSet()
     if cache_dir is None or not records:
         outcomes = compute()
@@ -71,6 +75,7 @@ def tokenize_records(
         outcomes, out.cache_file, out.cache_hit = cached_outcomes(
             cache_dir, records, tokenizer, max_length=max_length, train_on=train_on, compute=compute
         )
+    raise_if_template_fails_everywhere(records, outcomes)
     for conv, outcome in zip(records, outcomes):
         if isinstance(outcome, MaskingError):
             out.rejects.append(masking_reject(conv, outcome.reason, str(outcome)))
@@ -78,6 +83,19 @@ def tokenize_records(
             out.samples.append(outcome)
             out.sources.append(conv.source)
     return out
+
+
+def raise_if_template_fails_everywhere(records: list[Conversation], outcomes: list[Any]) -> None:
+    """One clear error instead of a reject per record when the chat template raises on every record
+    (a template that cannot render this kind of data at all, e.g. a tool-use-only template)."""
+    if len(records) > 1 and all(
+        isinstance(o, MaskingError) and o.reason == "template_error" for o in outcomes
+    ):
+        file = records[0].source.rpartition("#")[0] or records[0].source
+        raise DataError(
+            f"the chat template fails on every one of the {len(records)} records; the first: {outcomes[0]}",
+            file=file or None,
+        )
 
 
 def masking_reject(conv: Conversation, reason: str, message: str) -> Reject:

@@ -18,6 +18,7 @@ convention). Templates that know `tool_calls` get them natively, with the argume
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 from typing import Any
 
@@ -157,8 +158,11 @@ def _reasoning_key(tokenizer: Any) -> str:
     """The message field the template reads reasoning from (`reasoning_content` for Qwen3 and
     DeepSeek, `thinking` for gpt-oss, ...); `reasoning_content` when it names none."""
     template = getattr(tokenizer, "chat_template", None) or ""
-    if not isinstance(template, str):
-        return REASONING_KEYS[0]
+    return _reasoning_key_of(template) if isinstance(template, str) else REASONING_KEYS[0]
+
+
+@functools.lru_cache(maxsize=32)
+def _reasoning_key_of(template: str) -> str:
     for key in REASONING_KEYS:
         if f".{key}" in template or f"['{key}']" in template or f'["{key}"]' in template:
             return key
@@ -167,6 +171,29 @@ def _reasoning_key(tokenizer: Any) -> str:
 
 _SYSTEM_PROBE = "lmtune system probe 7"
 _system_roles: dict[tuple[str, str], bool] = {}
+
+
+def check_system_role(tokenizer: Any, records: list[Any], system_merge: str) -> bool:
+    """Whether system messages of `records` will be merged into the first user turn (the template
+    has no system role and a record has a system message); logged once. With system_merge "never"
+    that is a ConfigError instead, before anything is tokenised. Callers print SYSTEM_MERGE_NOTE once."""
+    if has_system_role(tokenizer) or not any(
+        m.role == "system" for conv in records for m in conv.messages[:1]
+    ):
+        return False
+    if system_merge == "never":
+        raise ConfigError(
+            "The chat template has no system role (it rejects or drops system messages) and the data has "
+            "system messages. Remove them, or set data.system_merge: auto to put the system text at the "
+            "start of the first user turn."
+        )
+    return True
+
+
+SYSTEM_MERGE_NOTE = (
+    "The chat template has no system role: system messages are merged into the first user turn "
+    "(system text, a blank line, the user text); data.system_merge: never makes this an error."
+)
 
 
 def has_system_role(tokenizer: Any) -> bool:

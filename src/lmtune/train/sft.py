@@ -11,13 +11,20 @@ from typing import Any
 from lmtune.config.schema import RunConfig
 from lmtune.train.session import RunResult, Session
 
-MASKING_REASONS = ("no_trained_tokens", "no_trained_turn", "template_not_prefix_stable")
+MASKING_REASONS = (
+    "no_trained_tokens",
+    "no_trained_turn",
+    "template_not_prefix_stable",
+    "span_not_found",
+    "end_of_turn_not_found",
+    "template_error",
+)
 
 
 def run(cfg: RunConfig, *, resume: bool = False, console: Any = None) -> RunResult:
     from lmtune.tokenize.cache import default_cache_dir
     from lmtune.tokenize.dataset import tokenize_records
-    from lmtune.tokenize.templates import apply_template_choice
+    from lmtune.tokenize.templates import SYSTEM_MERGE_NOTE, apply_template_choice, check_system_role
 
     s = Session(cfg, resume=resume, console=console)
     data = s.load_data()
@@ -26,6 +33,9 @@ def run(cfg: RunConfig, *, resume: bool = False, console: Any = None) -> RunResu
     template = apply_template_choice(tokenizer, cfg.data.template)
     cache_dir = default_cache_dir() if cfg.data.cache else None
     kw = {"max_length": cfg.data.max_length, "train_on": cfg.data.train_on, "cache_dir": cache_dir}
+    kw["system_merge"] = cfg.data.system_merge
+    if check_system_role(tokenizer, data.train + data.val, cfg.data.system_merge):
+        s.console.print(SYSTEM_MERGE_NOTE)
     train_set = tokenize_records(data.train, tokenizer, **kw)
     val_set = tokenize_records(data.val, tokenizer, **kw)
     if train_set.cache_hit:
