@@ -34,10 +34,7 @@ def decoded_runs(tokenizer: Any, input_ids: list[int], labels: list[int]) -> lis
     shown = ""
     for lo, hi, trained in bounds:
         text = tokenizer.decode(input_ids[:hi])
-        if text.startswith(shown):
-            piece = text[len(shown) :]
-        else:
-            piece = tokenizer.decode(input_ids[lo:hi])
+        piece = text[len(shown) :] if text.startswith(shown) else tokenizer.decode(input_ids[lo:hi])
         shown = text
         out.append((piece, trained))
     return out
