@@ -326,3 +326,49 @@ def test_alpaca_tools_column_and_sharegpt_roles():
     assert [(m.role, m.content) for m in conv.messages] == [("user", "hi"), ("assistant", "hello")]
     with pytest.raises(RecordError, match="'Kid' is not a known ShareGPT role"):
         to_conversation(turns, "sharegpt")
+
+
+# ---------------------------------------------------------------- reasoning
+
+
+@pytest.mark.parametrize("key", ["reasoning_content", "reasoning", "thinking"])
+def test_openai_reasoning_field_is_kept_under_its_canonical_name(key):
+    rec = {
+        "messages": [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4", key: "Add."}]
+    }
+    conv = to_conversation(rec, "openai")
+    assert conv.messages[1].reasoning_content == "Add." and conv.messages[0].reasoning_content is None
+    out = conv.to_dict()["messages"][1]
+    assert out == {"role": "assistant", "content": "4", "reasoning_content": "Add."}
+    assert to_conversation(conv.to_dict(), "openai").to_dict() == conv.to_dict()  # convert is lossless
+
+
+def test_think_block_in_content_and_tool_call_id_are_kept():
+    rec = {
+        "messages": [
+            {"role": "user", "content": "q"},
+            {"role": "assistant", "content": "<think>\nhm\n</think>\n\nA"},
+            {"role": "tool", "content": "{}", "tool_call_id": "abc123XYZ"},
+        ]
+    }
+    conv = to_conversation(rec, "openai")
+    assert conv.messages[1].content == "<think>\nhm\n</think>\n\nA"
+    assert conv.to_dict()["messages"][2]["tool_call_id"] == "abc123XYZ"
+
+
+def test_reasoning_must_be_text_on_an_assistant_message():
+    bad = {
+        "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a", "reasoning": 3}]
+    }
+    with pytest.raises(RecordError, match="reasoning") as err:
+        to_conversation(bad, "openai")
+    assert err.value.field == "messages[1].reasoning"
+    from lmtune.data.records import Conversation
+    from lmtune.data.validate import validate_conversation
+
+    on_user = Conversation.from_dict(
+        {"messages": [{"role": "user", "content": "q", "reasoning_content": "r"}]}
+    )
+    with pytest.raises(RecordError) as err:
+        validate_conversation(on_user, open_end=True)
+    assert err.value.reason == "bad_reasoning" and err.value.field == "messages[0].reasoning_content"
