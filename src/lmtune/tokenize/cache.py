@@ -135,10 +135,10 @@ def _code_fingerprint() -> dict[str, str]:
     import tokenizers
     import transformers
 
-    from lmtune.tokenize import masking, templates
+    from lmtune.tokenize import masking, spans, templates
 
     h = hashlib.sha256()
-    for module in (masking, templates):
+    for module in (masking, spans, templates):
         h.update(Path(module.__file__ or "").read_bytes())
     return {
         "lmtune": h.hexdigest(),

@@ -5,21 +5,26 @@ generation prompt, up to where the next turn would begin, end-of-turn token incl
 tuned model learns to stop. Everything else (system prompt, user and tool turns, the template's
 injected default system prompt, role headers, padding) gets label -100.
 
-How the trained spans are found, without knowing anything template-specific:
+How the trained spans are found (tokenize/spans.py has the details and a drawing): the whole
+conversation is rendered once, `full`, exactly as the model will see it, and each trained assistant
+message is located in it. Where the template is prefix-stable that is
 
     full   = render(messages)                                   the whole conversation
     P_i    = render(messages[:i], add_generation_prompt=True)   everything before answer i
     Q_i    = render(messages[:i+1])                             ... and answer i itself
-    span_i = full[len(P_i) : len(Q_i)]                          requires P_i ⊑ Q_i ⊑ full
+    span_i = full[len(P_i) : len(Q_i)]                          when P_i ⊑ Q_i ⊑ full
 
     <|im_start|>system\\n...<|im_end|>\\n<|im_start|>user\\nHi<|im_end|>\\n<|im_start|>assistant\\nHello!<|im_end|>\\n
     |<------------------------------ P_1 ------------------------------------------------>|
     |<------------------------------ Q_1 ------------------------------------------------------------------>|
                                                                                            [  span_1 trained ]
 
-`full` is tokenised once (offsets mapping) and a token is trained when its characters overlap a
-trained span. A template whose renderings are not prefixes of each other (one that rewrites earlier
-turns) cannot be masked this way and the record is rejected with that reason, never mis-trained.
+and otherwise (templates that move the system prompt, drop earlier think blocks, end only the
+conversation with an EOS) the answer is found by its text after the previous turns. `full` is
+tokenised once (offsets mapping) and a token is trained when its characters overlap a trained span,
+so the ids are exactly `apply_chat_template(messages)`'s. A record whose answer cannot be located,
+or whose template raises, is rejected with the reason, never mis-trained. Templates without a
+system role get the system text merged into the first user turn (templates.template_view).
 
 Speed: many conversations are tokenised in one batched tokenizer call and the overlap test runs as
 array arithmetic over all their tokens at once (`tokenize_conversations`); `tokenize_conversation`
