@@ -27,7 +27,7 @@ from lmtune.data.records import Conversation
 from lmtune.errors import ConfigError, DataError
 from lmtune.tokenize.dataset import tokenize_records
 from lmtune.tokenize.masking import IGNORE, MaskingError, tokenize_conversation, tokenize_conversations
-from lmtune.tokenize.templates import has_system_role, merge_system
+from lmtune.tokenize.templates import SYSTEM_MERGE_NOTE, check_system_role, has_system_role, merge_system
 from lmtune.tokenize.view import decoded_runs
 
 CONV = [
@@ -278,3 +278,14 @@ def test_inspect_view_decodes_runs_with_sentencepiece_spaces(tokenizers, name):
     assert any("Say hello in Chinese." in text for text, trained in runs if not trained)
     assert any("Hello, nice to meet you." in text for text, trained in runs if trained)
     assert [trained for _, trained in runs] == [False, True, False, True]
+
+
+def test_the_user_is_told_once_what_happens_to_system_messages(tokenizers):
+    recs = [Conversation.from_dict({"messages": CONV}, source="d.jsonl#1")]
+    assert check_system_role(tokenizers("gemma2"), recs, "auto") == SYSTEM_MERGE_NOTE
+    assert check_system_role(tokenizers("qwen2"), recs, "auto") is None
+    dropped = check_system_role(tokenizers("mistral"), recs, "auto")  # only written into a final user turn
+    assert dropped is not None and "d.jsonl#1" in dropped and "not seen in training" in dropped
+    assert "You are a terse assistant." not in tokenizers("mistral").decode(
+        tokenize_conversation(tokenizers("mistral"), CONV).input_ids
+    )

@@ -56,12 +56,12 @@ def inspect(
     from lmtune.models.load import load_tokenizer
     from lmtune.models.resolve import resolve_model_ref
     from lmtune.tokenize.dataset import tokenize_records
-    from lmtune.tokenize.templates import SYSTEM_MERGE_NOTE, apply_template_choice, check_system_role
+    from lmtune.tokenize.templates import apply_template_choice, check_system_role
 
     result = _load(file, fmt, column)
     tokenizer = load_tokenizer(resolve_model_ref(model))
     apply_template_choice(tokenizer, template)
-    merged = check_system_role(tokenizer, result.records, system_merge)
+    note = check_system_role(tokenizer, result.records, system_merge)
     tokset = tokenize_records(
         result.records, tokenizer, max_length=max_length, train_on=train_on, system_merge=system_merge
     )
@@ -76,8 +76,8 @@ def inspect(
         "rejects": [{k: v for k, v in r.to_dict().items() if k != "raw"} for r in rejects[:20]],
         **{k: v for k, v in tokset.stats().items() if k not in ("samples", "rejected")},
     }
-    if merged:
-        report["note"] = SYSTEM_MERGE_NOTE
+    if note:
+        report["note"] = note
     if as_json:
         report["samples"] = [
             {

@@ -173,26 +173,41 @@ _SYSTEM_PROBE = "lmtune system probe 7"
 _system_roles: dict[tuple[str, str], bool] = {}
 
 
-def check_system_role(tokenizer: Any, records: list[Any], system_merge: str) -> bool:
-    """Whether system messages of `records` will be merged into the first user turn (the template
-    has no system role and a record has a system message); logged once. With system_merge "never"
-    that is a ConfigError instead, before anything is tokenised. Callers print SYSTEM_MERGE_NOTE once."""
-    if has_system_role(tokenizer) or not any(
-        m.role == "system" for conv in records for m in conv.messages[:1]
-    ):
-        return False
-    if system_merge == "never":
-        raise ConfigError(
-            "The chat template has no system role (it rejects or drops system messages) and the data has "
-            "system messages. Remove them, or set data.system_merge: auto to put the system text at the "
-            "start of the first user turn."
-        )
-    return True
+def check_system_role(tokenizer: Any, records: list[Any], system_merge: str) -> str | None:
+    """What to tell the user, once, about the system messages of `records`, or None: merged into the
+    first user turn (the template has no system role), or left out by the template in training
+    records (Mistral Nemo writes the system prompt only into a final user turn, so a conversation
+    ending with an answer renders without it). With system_merge "never" a merge is a ConfigError
+    instead, before anything is tokenised."""
+    first = next((c for c in records if c.messages[:1] and c.messages[0].role == "system"), None)
+    if first is None:
+        return None
+    if not has_system_role(tokenizer):
+        if system_merge == "never":
+            raise ConfigError(
+                "The chat template has no system role (it rejects or drops system messages) and the data "
+                "has system messages. Remove them, or set data.system_merge: auto to put the system text "
+                "at the start of the first user turn."
+            )
+        return SYSTEM_MERGE_NOTE
+    msgs, tools, _ = template_view([m.to_dict() for m in first.messages], first.tools, tokenizer)
+    try:
+        text = tokenizer.apply_chat_template(msgs, tools=tools, tokenize=False)
+    except Exception:  # noqa: BLE001 - a template error is reported per record by masking
+        return None
+    if first.messages[0].content.strip() and first.messages[0].content.strip() not in text:
+        return SYSTEM_DROPPED_NOTE.format(source=first.source or "the first record with one")
+    return None
 
 
 SYSTEM_MERGE_NOTE = (
     "The chat template has no system role: system messages are merged into the first user turn "
     "(system text, a blank line, the user text); data.system_merge: never makes this an error."
+)
+SYSTEM_DROPPED_NOTE = (
+    "Note: the chat template leaves the system message out of a whole training conversation (e.g. "
+    "{source}; Mistral's writes it only into a final user turn), so system prompts are not seen in "
+    "training; see docs/data.md."
 )
 
 

@@ -24,7 +24,7 @@ MASKING_REASONS = (
 def run(cfg: RunConfig, *, resume: bool = False, console: Any = None) -> RunResult:
     from lmtune.tokenize.cache import default_cache_dir
     from lmtune.tokenize.dataset import tokenize_records
-    from lmtune.tokenize.templates import SYSTEM_MERGE_NOTE, apply_template_choice, check_system_role
+    from lmtune.tokenize.templates import apply_template_choice, check_system_role
 
     s = Session(cfg, resume=resume, console=console)
     data = s.load_data()
@@ -34,8 +34,9 @@ def run(cfg: RunConfig, *, resume: bool = False, console: Any = None) -> RunResu
     cache_dir = default_cache_dir() if cfg.data.cache else None
     kw = {"max_length": cfg.data.max_length, "train_on": cfg.data.train_on, "cache_dir": cache_dir}
     kw["system_merge"] = cfg.data.system_merge
-    if check_system_role(tokenizer, data.train + data.val, cfg.data.system_merge):
-        s.console.print(SYSTEM_MERGE_NOTE)
+    note = check_system_role(tokenizer, data.train + data.val, cfg.data.system_merge)
+    if note:
+        s.console.print(note, highlight=False)
     train_set = tokenize_records(data.train, tokenizer, **kw)
     val_set = tokenize_records(data.val, tokenizer, **kw)
     if train_set.cache_hit:
