@@ -44,6 +44,13 @@ CONV = [
     {"role": "assistant", "content": "Hello, nice to meet you.", "reasoning_content": "Now English."},
 ]
 ENDS_WITH_REASONING = [*CONV[:4], CONV[4]]  # the reasoning turn is the last one
+SHORT = [  # one-letter answers also occur inside control tokens (<|im_end|>, <|end|>) before them
+    CONV[0],
+    {"role": "user", "content": "q"},
+    {"role": "assistant", "content": "e"},
+    {"role": "user", "content": "r"},
+    {"role": "assistant", "content": "d"},
+]
 
 
 @contextmanager
@@ -158,6 +165,7 @@ def test_trained_ids_match_an_independent_diff_for_every_family(tokenizers, name
     tok = tokenizers(name)
     check_family(tok, TEST_FAMILIES[name], CONV)
     check_family(tok, TEST_FAMILIES[name], ENDS_WITH_REASONING)
+    check_family(tok, TEST_FAMILIES[name], SHORT)
 
 
 def test_qwen3_trains_the_reasoning_it_renders_and_not_the_dropped_one(tokenizers):

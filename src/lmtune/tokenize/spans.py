@@ -118,6 +118,29 @@ def _common_prefix(a: str, b: str) -> int:
     return i
 
 
+def _tail_match(source: str, text: str, full: str, b: int) -> tuple[str, int]:
+    """The end-of-turn text after `text` in `source` (answer i as a last turn) and how much of it
+    follows `text` in `full` at `b`. The last occurrence of `text` is tried first, earlier ones
+    (a short answer that also occurs in the end-of-turn token) when it does not fit."""
+    tail, pos = "", source.rfind(text)
+    while pos >= 0:
+        tail = source[pos + len(text) :]
+        n = _clean_cut(tail, _common_prefix(tail, full[b : b + len(tail)]))
+        if n or not tail:
+            return tail, n
+        pos = source.rfind(text, 0, pos + len(text) - 1) if pos > 0 else -1
+    return tail, 0
+
+
+def _clean_start(text: str, k: int) -> int:
+    """`k` moved back to just after a control token, line or space, so a header that shares a few
+    characters with what the conversation ends with (Phi-3.5's `<|assistant|>` after `<|end|>`, vs
+    its closing `<|end|>`) is taken whole."""
+    while k > 0 and not (text[k - 1] in ">]}" or text[k - 1].isspace()):
+        k -= 1
+    return k
+
+
 def _clean_cut(tail: str, n: int) -> int:
     """`n`, or where a partial match of the end-of-turn text should stop: after its last complete
     control token or line (`<|end|>\\n<|` of `<|end|>\\n<|endoftext|>` against `<|end|>\\n<|user|>`
@@ -145,18 +168,21 @@ def _find_rewritten(
         pos = full.find(answer, cursor)
         if pos >= 0:
             return pos, pos + len(answer)
-    for text in answer_texts(msgs[i]):  # case 3
-        a = full.find(text, cursor)
+    # case 3: the answer's text, searched after the next generation header (so a short answer is not
+    # found inside a control token such as <|im_end|> before it); the span starts after the last header
+    # before the text.
+    before = draw(msgs[:i], tools, generation_prompt=False) if i else ""
+    header = prompt[_clean_start(prompt, _common_prefix(prompt, before)) :]  # the generation header
+    first = full.find(header, cursor) if header else -1
+    base = first + len(header) if first >= 0 else cursor
+    for text in answer_texts(msgs[i]):
+        a = full.find(text, base)
         if a < 0:
             continue
         b = a + len(text)
-        before = draw(msgs[:i], tools, generation_prompt=False) if i else ""
-        header = prompt[len(before) :] if prompt.startswith(before) else ""
         h = full.rfind(header, cursor, a) if header else -1
         start = h + len(header) if h >= 0 else a
-        source = answer if text in answer else upto
-        tail = source[source.rfind(text) + len(text) :] if text in source else ""
-        n = _clean_cut(tail, _common_prefix(tail, full[b : b + len(tail)]))
+        tail, n = _tail_match(answer if text in answer else upto, text, full, b)
         if tail and n == 0:
             raise SpanError(
                 "end_of_turn_not_found",
