@@ -13,8 +13,9 @@ and the span is found by the first of these that applies:
 
     1. prefix-stable    P_i ⊑ Q_i ⊑ full                 span = full[len(P_i) : len(Q_i)]
     2. moved elsewhere  A_i occurs in full after cursor   span = that occurrence
-    3. rewritten        the answer text occurs after cursor; span = from the end of the generation
-                        header before it, through the answer, to the end of A_i's tail (the
+    3. rewritten        the answer text occurs right after a generation header (no other header in
+                        between; the header cut back at control-token boundaries if needed); span =
+                        from that header's end, through the answer, to the end of A_i's tail (the
                         end-of-turn text) as far as full repeats it
     else                the record is rejected (span_not_found / end_of_turn_not_found)
 
@@ -118,6 +119,30 @@ def _common_prefix(a: str, b: str) -> int:
     return i
 
 
+def _after_header(full: str, header: str, text: str, cursor: int) -> tuple[int, int] | None:
+    """(span start, position of `text`) for the first `text` after the cursor that follows a
+    generation header with no other header in between. The header is tried whole, then cut back at
+    control-token or line boundaries: a reasoning template's generation prompt
+    `<|im_start|>assistant\\n<think>\\n` opens only the last turn, earlier ones start with
+    `<|im_start|>assistant\\n`. Where no header is written (Mistral: none) the text after the cursor."""
+    cuts = [
+        k
+        for k in range(len(header), 0, -1)
+        if k == len(header) or header[k - 1] in ">]}" or header[k - 1].isspace()
+    ]
+    seen = False
+    for h in (header[:k] for k in cuts):
+        first = full.find(h, cursor)
+        if first < 0:
+            continue
+        seen = True
+        a = full.find(text, first + len(h))
+        if a >= 0 and full.find(h, first + len(h), a) < 0:
+            return first + len(h), a
+    a = -1 if seen else full.find(text, cursor)
+    return (a, a) if a >= 0 else None
+
+
 def _tail_match(source: str, text: str, full: str, b: int) -> tuple[str, int]:
     """The end-of-turn text after `text` in `source` (answer i as a last turn) and how much of it
     follows `text` in `full` at `b`. The last occurrence of `text` is tried first, earlier ones
@@ -168,20 +193,17 @@ def _find_rewritten(
         pos = full.find(answer, cursor)
         if pos >= 0:
             return pos, pos + len(answer)
-    # case 3: the answer's text, searched after the next generation header (so a short answer is not
-    # found inside a control token such as <|im_end|> before it); the span starts after the last header
-    # before the text.
+    # case 3: the answer's text, searched right after a generation header (so a short answer is not
+    # found inside a control token such as <|im_end|> before it); the span starts after that header.
     before = draw(msgs[:i], tools, generation_prompt=False) if i else ""
-    header = prompt[_clean_start(prompt, _common_prefix(prompt, before)) :]  # the generation header
-    first = full.find(header, cursor) if header else -1
-    base = first + len(header) if first >= 0 else cursor
+    k = len(before) if prompt.startswith(before) else _clean_start(prompt, _common_prefix(prompt, before))
+    header = prompt[k:]  # the generation header
     for text in answer_texts(msgs[i]):
-        a = full.find(text, base)
-        if a < 0:
+        found = _after_header(full, header, text, cursor)
+        if found is None:
             continue
+        start, a = found
         b = a + len(text)
-        h = full.rfind(header, cursor, a) if header else -1
-        start = h + len(header) if h >= 0 else a
         tail, n = _tail_match(answer if text in answer else upto, text, full, b)
         if tail and n == 0:
             raise SpanError(
