@@ -91,6 +91,8 @@ def test_lora_trains_the_family_targets(family, lora_run):
     saved = json.loads((result.run_dir / "adapter_config.json").read_text())
     assert set(saved["target_modules"]) == set(LORA_TARGETS[model_type])
     assert not any(k in adapted_modules(result.model) for k in ("lm_head", "gate", "router"))
+    if getattr(result.model.config, "attn_logit_softcapping", None):  # Gemma 2: SDPA cannot soft-cap
+        assert result.model.config._attn_implementation == "eager"
 
 
 @pytest.mark.slow
