@@ -44,6 +44,7 @@ def run_config(family: str, model_dir, data, out, method: dict):
                 "scheduler": "constant",
                 "batch_size": 16,
                 "bf16": False,
+                "gradient_checkpointing": False,  # "auto" builds a meta model to estimate memory: slow
             },
             "output": {"dir": str(out)},
         }
