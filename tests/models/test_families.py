@@ -175,3 +175,26 @@ def test_onnx_export_refuses_moe_up_front(family, family_model_dir, tmp_path):
     with pytest.raises(ConfigError, match="experts"):
         export_onnx(model, AutoTokenizer.from_pretrained(folder), tmp_path / "onnx", say=lambda *_: None)
     assert not (tmp_path / "onnx" / "model.onnx").exists()
+
+
+@pytest.mark.parametrize("family", ["phi3", "mixtral", "qwen3_moe", "gemma3"])
+def test_ia3_and_dora_take_the_family_rows(family, family_model_dir):
+    """PEFT's own IA3 table names Mixtral's old expert layers (w2) and lacks Phi-3 and Qwen3-MoE."""
+    from transformers import AutoModelForCausalLM
+
+    from lmtune.config.schema import MethodSection
+    from lmtune.methods.base import get_method
+    from lmtune.models.families import IA3_TARGETS
+
+    def base():
+        return AutoModelForCausalLM.from_pretrained(family_model_dir(family))
+
+    model_type = FAMILIES[family].model_type
+    ia3 = get_method("ia3").prepare(base(), MethodSection(name="ia3"))
+    scaled = {n.rsplit(".", 1)[-1] for n, m in ia3.named_modules() if hasattr(m, "ia3_l")}
+    assert scaled == set(IA3_TARGETS[model_type][0])
+    config = ia3.peft_config["default"]
+    assert set(config.feedforward_modules) == set(IA3_TARGETS[model_type][1])
+    dora = get_method("lora").prepare(base(), MethodSection(name="lora", r=4, use_dora=True))
+    assert adapted_modules(dora) == set(LORA_TARGETS[model_type])
+    assert any(hasattr(m, "lora_magnitude_vector") and len(m.lora_magnitude_vector) for m in dora.modules())
