@@ -39,7 +39,7 @@ def run_config(family: str, model_dir, data, out, method: dict):
             "method": {"r": 4, "alpha": 8, **method},
             "train": {
                 "max_steps": 2,
-                "lr": 5e-2,
+                "lr": 1e-2,
                 "warmup_ratio": 0,
                 "scheduler": "constant",
                 "batch_size": 16,
