@@ -1,4 +1,5 @@
-"""`lmtune models import-gguf`: turn a GGUF file into a normal Hugging Face model folder."""
+"""`lmtune models import-gguf`: turn a GGUF file into a normal Hugging Face model folder.
+`lmtune models list`: the supported model families and what is verified for each."""
 
 from __future__ import annotations
 
@@ -10,12 +11,51 @@ import typer
 
 from lmtune.errors import LmtuneError
 
-app = typer.Typer(no_args_is_help=True, help="Prepare models (GGUF import).")
+app = typer.Typer(no_args_is_help=True, help="Supported model families; prepare models (GGUF import).")
 
 
 @app.callback()
 def _models() -> None:
-    """Prepare models (GGUF import)."""
+    """Supported model families; prepare models (GGUF import)."""
+
+
+@app.command("list")
+def list_cmd(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the table as JSON.")] = False,
+    markdown: Annotated[
+        bool, typer.Option("--markdown", help="Print the table as Markdown (as docs/models.md has it).")
+    ] = False,
+) -> None:
+    """The model families lmtune supports and what is verified for each (docs/models.md).
+
+    train: LoRA and QLoRA SFT on a tiny model of the family (loss falls); chat: lmtune's replies equal
+    the model's own greedy decoding; masking: the family's template masks multi-turn records; merge:
+    merge parity; gguf: the GGUF export answers in real llama.cpp; onnx: onnxruntime equals torch
+    (refused: said up front with the reason). Reads a table only: no model is loaded.
+    """
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from lmtune.models.families import COLUMNS, FAMILIES, LORA_TARGETS, support_markdown, support_rows
+
+    if markdown:
+        typer.echo(support_markdown(), nl=False)
+        return
+    if as_json:
+        rows = [dict(zip(["family", "model_type", *COLUMNS], r)) for r in support_rows()]
+        for row, fam in zip(rows, FAMILIES.values()):
+            row["lora_targets"] = list(LORA_TARGETS.get(fam.model_type, ())) or "all-linear"
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    style = {"yes": "green", "one-turn": "cyan", "no": "red", "refused": "yellow", "untested": "dim"}
+    table = Table(title="Model families (lmtune models list; details in docs/models.md)")
+    for col in ("family", "model_type", *COLUMNS):
+        table.add_column(col)
+    for family, model_type, *marks in support_rows():
+        table.add_row(family, model_type, *(f"[{style.get(m, 'default')}]{m}[/]" for m in marks))
+    Console(highlight=False).print(table)
 
 
 @app.command("import-gguf")

@@ -254,9 +254,10 @@ class MethodSection(Section):
     target_modules: list[str] | Literal["all-linear"] | None = _opt(
         None,
         (*LORA_FAMILY, "ia3", "ln_tuning"),
-        "Modules the method adapts. null: the method's default (LoRA: all-linear, every linear layer "
-        "but the output head; ia3 and ln_tuning: PEFT's per-architecture defaults). Or a list of "
-        "module names such as [q_proj, v_proj].",
+        "Modules the method adapts. null: the model family's default (docs/models.md; LoRA: every "
+        "attention and MLP projection, MoE experts and routers excluded, all-linear for other "
+        "architectures; ia3: keys, values, down projection; ln_tuning: PEFT's per-architecture "
+        "defaults). Or a list of module names such as [q_proj, v_proj].",
     )
     use_rslora: bool = _opt(False, LORA_FAMILY, "Rank-stabilised LoRA: scale by alpha / sqrt(r).")
     use_dora: bool = _opt(

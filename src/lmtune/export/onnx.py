@@ -73,6 +73,7 @@ def export_onnx(
         raise ConfigError(
             f"ONNX export writes causal language models; {type(model).__name__} does not generate text"
         )
+    refuse_moe(model)
     dtype = next(model.parameters()).dtype
     if dtype != torch.float32:
         raise ConfigError(f"ONNX export takes a float32 model, got {dtype}; load it with dtype float32")
@@ -112,6 +113,31 @@ def export_onnx(
     )
     (out_dir / "onnx_verify.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     return report
+
+
+def refuse_moe(model: Any) -> None:
+    """Refuse a mixture-of-experts model before any export time is spent.
+
+    transformers 5 runs the experts through its own grouped-matmul operator
+    (transformers.grouped_mm_fallback over the fused [experts, ...] weights), which torch.onnx has no
+    translation for: the export fails after minutes with a DispatchError (checked on tiny Qwen3-MoE and
+    Mixtral models, tests/models/test_families.py). Saying so up front costs the user nothing.
+    """
+    config = model.config
+    experts = next(
+        (
+            getattr(config, a)
+            for a in ("num_experts", "num_local_experts", "n_routed_experts")
+            if getattr(config, a, 0)
+        ),
+        0,
+    )
+    if experts and experts > 1:
+        raise ConfigError(
+            f"ONNX export does not support mixture-of-experts models ({config.model_type}, {experts} experts): "
+            "transformers runs the experts through a grouped-matmul operator torch.onnx cannot translate. "
+            "Export to GGUF for llama.cpp instead (lmtune export RUN OUT.gguf --format gguf)."
+        )
 
 
 class _CachedLM(torch.nn.Module):

@@ -37,13 +37,16 @@ class LoRA(PeftMethod):
     def peft_config(self, model: Any, opts: Any, task: str = "sft") -> Any:
         from peft import LoraConfig
 
-        # all-linear leaves out the output head; for SEQ_CLS PEFT trains and saves it in full.
+        from lmtune.models.families import lora_targets
+
+        # The family's attention + MLP projections (models/families.py), all-linear for an architecture
+        # without a row; never the output head (for SEQ_CLS PEFT trains and saves it in full).
         return LoraConfig(
             task_type=peft_task_type(task),
             r=opts.r,
             lora_alpha=opts.alpha,
             lora_dropout=opts.dropout,
-            target_modules=opts.target_modules or "all-linear",
+            target_modules=opts.target_modules or lora_targets(getattr(model.config, "model_type", None)),
             use_rslora=opts.use_rslora,
             use_dora=opts.use_dora,
             init_lora_weights=INIT[opts.init],

@@ -31,9 +31,14 @@ class IA3(_Mergeable):
         from peft import IA3Config
         from peft.utils import TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING as FF
 
+        from lmtune.models.families import ia3_targets
+
         targets = opts.target_modules
         feedforward = None  # PEFT's default for the architecture
-        if isinstance(targets, list):
+        default = ia3_targets(getattr(model.config, "model_type", None))
+        if targets is None and default is not None:  # lmtune's row for the family (models/families.py)
+            targets, feedforward = default
+        elif isinstance(targets, list):
             # IA3 scales a feed-forward layer's input, others' output; PEFT wants the former named.
             default_ff = FF.get(getattr(model.config, "model_type", ""), [])
             feedforward = [t for t in targets if t in default_ff]

@@ -202,6 +202,10 @@ class Session:
         """The planned attention kernel; lmtune_packed falls back to sdpa on a model that refuses
         registered kernels (one without transformers' attention-backend support)."""
         attn = self.plan.attn_implementation
+        if attn in ("sdpa", "lmtune_packed") and getattr(model.config, "attn_logit_softcapping", None):
+            # Gemma 2 soft-caps its attention scores (tanh); SDPA kernels cannot, transformers' eager can.
+            self.console.print("Attention: eager (the model soft-caps attention scores, which SDPA cannot)")
+            self.plan.attn_implementation = attn = "eager"
         if attn == getattr(model.config, "_attn_implementation", None):
             return
         if attn == "lmtune_packed":
