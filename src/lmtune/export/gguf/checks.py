@@ -14,7 +14,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from lmtune.export.gguf_arch import gguf_tensor_names, head_dim, is_tied, rope_parameters, vocab_rows
+from lmtune.export.gguf.arch import architecture, head_dim, is_tied, rope_parameters, vocab_rows
+from lmtune.export.gguf.tensors import hf_to_gguf_names
 
 
 def file_tensor_types(path: Path) -> dict[str, int]:
@@ -50,7 +51,7 @@ def compare_weights(types: dict[str, int], model: Any, read_model: Any) -> dict[
     """Each read-back parameter against the source parameter rounded as the file stores it."""
     import torch
 
-    names = gguf_tensor_names(model)
+    names = hf_to_gguf_names(model, architecture(model))
     read_state = read_model.state_dict()
     wrong: list[str] = []
     worst = 0.0
