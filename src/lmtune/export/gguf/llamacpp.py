@@ -46,12 +46,13 @@ def _threads() -> int:
     return max(1, min(4, int(os.environ.get("OMP_NUM_THREADS", 0) or (os.cpu_count() or 1))))
 
 
-def open_llama(path: Path) -> Any:
-    """The file loaded in llama.cpp with logits kept for every position; a clear error if it fails."""
+def open_llama(path: Path, n_ctx: int = 512) -> Any:
+    """The file loaded in llama.cpp with logits kept for every position (an n_ctx x vocab array,
+    so n_ctx is kept to what the check needs); a clear error if it fails."""
     from llama_cpp import Llama
 
     try:
-        return Llama(model_path=str(path), n_ctx=512, logits_all=True, verbose=False, n_threads=_threads())
+        return Llama(model_path=str(path), n_ctx=n_ctx, logits_all=True, verbose=False, n_threads=_threads())
     except Exception as err:  # llama.cpp reports a load failure as a ValueError without the reason
         raise ConfigError(f"llama.cpp could not load {path}: {err}") from err
 
@@ -119,7 +120,7 @@ def llama_cpp_checks(
     path: Path, model: Any, tokenizer: Any, prompt_ids: list[list[int]], *, stop: list[int], tolerance: float
 ) -> dict[str, Any]:
     """Run `path` in llama.cpp against `model` on `prompt_ids` (see the module docstring)."""
-    llm = open_llama(path)
+    llm = open_llama(path, _context(prompt_ids, GREEDY_STEPS))
     rows_out: list[dict[str, Any]] = []
     worst = 0.0
     for ids in prompt_ids:
@@ -149,6 +150,11 @@ def llama_cpp_checks(
     }
     report["passed"] = bool(worst <= tolerance and report["greedy_agrees"] and tokens["tokenizer_match"])
     return report
+
+
+def _context(prompt_ids: list[list[int]], steps: int) -> int:
+    """A context just long enough for the longest prompt plus its greedy tokens (and the probe)."""
+    return max(128, max(len(ids) for ids in prompt_ids) + steps + 8)
 
 
 def tokenizer_check(llm: Any, tokenizer: Any, text: str = MIXED_TEXT) -> dict[str, Any]:
@@ -210,7 +216,7 @@ def measure_quant(path: Path, reference: Path, tokenizer: Any, quant: str) -> di
     stop = stop_ids(tokenizer)
     results: dict[str, Any] = {}
     for label, file in (("reference", reference), ("quantized", path)):
-        llm = open_llama(file)
+        llm = open_llama(file, _context(prompts, 32))
         outs, seconds, generated = [], 0.0, 0
         for ids in prompts:
             start = time.perf_counter()

@@ -60,10 +60,16 @@ GREEDY_REQUIRED = {"f32", "f16"}
 
 
 def verify_gguf(
-    gguf_path: str | Path, model: Any, tokenizer: Any, *, quant: str, prompts: list[str] | None = None
+    gguf_path: str | Path,
+    model: Any,
+    tokenizer: Any,
+    *,
+    quant: str,
+    prompts: list[str] | None = None,
+    llama_cpp: bool = True,
 ) -> dict[str, Any]:
-    """Check `gguf_path` against `model` / `tokenizer`: in llama.cpp when installed, and by
-    transformers' reader where it rebuilds the architecture.
+    """Check `gguf_path` against `model` / `tokenizer`: in llama.cpp when installed (and
+    `llama_cpp`), and by transformers' reader where it rebuilds the architecture.
 
     Returns a JSON-ready report: "passed" (True / False, or None when nothing could check the
     file), "checked_with" (the readers that ran), "llama_cpp" (its checks, or why it was
@@ -84,7 +90,7 @@ def verify_gguf(
     }
     checked: list[str] = []
     verdicts: list[bool] = []
-    if llamacpp.available():
+    if llama_cpp and llamacpp.available():
         report["llama_cpp"] = llamacpp.llama_cpp_checks(
             path,
             model,
@@ -95,8 +101,10 @@ def verify_gguf(
         )
         checked.append("llama.cpp")
         verdicts.append(report["llama_cpp"]["passed"])
-    else:
+    elif llama_cpp:
         report["llama_cpp"] = {"skipped": f"llama-cpp-python is not installed ({llamacpp.INSTALL_HINT})"}
+    else:
+        report["llama_cpp"] = {"skipped": "not requested"}
     if arch.transformers_readback and quant in GREEDY_REQUIRED | {"bf16", "q8_0", "q4_0"}:
         report.update(_transformers_readback(path, model, tokenizer, quant, texts))
         checked.append("transformers")
