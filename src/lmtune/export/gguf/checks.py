@@ -24,8 +24,8 @@ def file_tensor_types(path: Path) -> dict[str, int]:
         from transformers.integrations.gguf import GgufHeader
 
         return dict(GgufHeader.from_file(str(path)).ggml_types)
-    except ImportError:  # an older transformers: gguf's own reader parses every field (seconds)
-        from gguf import GGUFReader
+    except (ImportError, ValueError):  # an older transformers, or a type it does not size (Q5_0 in a
+        from gguf import GGUFReader  # k-quant mix): gguf's own reader parses every field (seconds)
 
         return {tensor.name: int(tensor.tensor_type) for tensor in GGUFReader(path).tensors}
 
