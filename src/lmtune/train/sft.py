@@ -26,8 +26,10 @@ def run(cfg: RunConfig, *, resume: bool = False, console: Any = None) -> RunResu
     template = apply_template_choice(tokenizer, cfg.data.template)
     cache_dir = default_cache_dir() if cfg.data.cache else None
     kw = {"max_length": cfg.data.max_length, "train_on": cfg.data.train_on, "cache_dir": cache_dir}
-    train_set = tokenize_records(data.train, tokenizer, **kw)
-    val_set = tokenize_records(data.val, tokenizer, **kw)
+    # Under a multi-process launch rank 0 tokenises (and fills the cache) first; the others read it.
+    train_set, val_set = s.main_first(
+        lambda: (tokenize_records(data.train, tokenizer, **kw), tokenize_records(data.val, tokenizer, **kw))
+    )
     if train_set.cache_hit:
         s.console.print(f"Tokenised samples reused from the cache: {train_set.cache_file}")
     rejects = data.rejects + train_set.rejects + val_set.rejects
