@@ -19,30 +19,38 @@ from __future__ import annotations
 from typing import Any
 
 
-def is_sharded(trainer: Any) -> bool:
-    """True when parameters are split across processes (FSDP, DeepSpeed ZeRO-3)."""
-    from accelerate.utils import DistributedType
+def fsdp_sharded(model: Any) -> bool:
+    """True when FSDP2's fully_shard was applied to the model (its parameters are DTensor shards)."""
+    from torch.distributed.fsdp import FSDPModule
 
-    acc = getattr(trainer, "accelerator", None)
-    if acc is None:
+    return any(isinstance(m, FSDPModule) for m in model.modules())
+
+
+def zero3(trainer: Any) -> bool:
+    if not getattr(trainer, "is_deepspeed_enabled", False):
         return False
-    if acc.distributed_type == DistributedType.FSDP:
-        return True
-    if acc.distributed_type == DistributedType.DEEPSPEED:
-        return int(acc.deepspeed_config.get("zero_optimization", {}).get("stage", 0)) == 3
-    return False
+    plugin = trainer.accelerator.state.deepspeed_plugin
+    return plugin is not None and plugin.zero_stage == 3
 
 
 def full_state_dict(trainer: Any) -> dict[str, Any] | None:
     """The full state dict on rank 0 ({} on the others), or None when the in-memory model is whole.
 
-    Every process must call this: gathering is a collective operation."""
-    if trainer is None or not is_sharded(trainer):
+    Every process must call this: gathering is a collective operation. The model itself is asked
+    whether it is sharded (the accelerator's state may be reset after training)."""
+    if trainer is None:
         return None
-    from accelerate.utils import DistributedType
+    import torch.distributed as dist
 
-    acc = trainer.accelerator
-    # DeepSpeed gathers through its engine (model_wrapped); FSDP2 shards the module in place.
-    model = trainer.model_wrapped if acc.distributed_type == DistributedType.DEEPSPEED else trainer.model
-    state = acc.get_state_dict(model)
-    return dict(state) if acc.is_main_process else {}
+    main = not dist.is_initialized() or dist.get_rank() == 0
+    if fsdp_sharded(trainer.model):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        # what accelerate's get_state_dict does for FSDP2: whole tensors, on rank 0's CPU only
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        state = get_model_state_dict(trainer.model, options=options)
+        return dict(state) if main else {}
+    if zero3(trainer):
+        state = trainer.accelerator.get_state_dict(trainer.model_wrapped)  # DeepSpeed gathers via its engine
+        return dict(state) if main else {}
+    return None

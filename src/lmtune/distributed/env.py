@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -78,3 +78,25 @@ def main_first(fn: Callable[[], T]) -> T:
         return result
     barrier()
     return fn()
+
+
+def fsdp_on_cpu(trainer: Any) -> None:
+    """Let FSDP2 run between CPU processes (gloo), as it does between GPUs.
+
+    torch's fully_shard works on a CPU device mesh with gloo, but accelerate's state machine maps
+    CPU processes to MULTI_CPU (plain DDP) and drops the FSDP plugin the Trainer passed. Right after
+    the Trainer is built, before it prepares the model, its accelerator state is given that plugin
+    back, so training takes accelerate's own FSDP2 path (fully_shard per decoder layer) exactly as on
+    GPUs, where accelerate does this by itself. This is what lets FSDP be tested on a CPU machine.
+    """
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    state = trainer.accelerator.state
+    if state.distributed_type == DistributedType.FSDP or trainer.args.fsdp_plugin_args is None:
+        return
+    plugin = FullyShardedDataParallelPlugin(**trainer.args.fsdp_plugin_args)
+    if trainer.args.bf16:
+        plugin.set_mixed_precision("bf16")
+    state.fsdp_plugin = plugin
+    state.distributed_type = DistributedType.FSDP
+    trainer.is_fsdp_enabled = True

@@ -346,7 +346,7 @@ class Session:
         dist = trainer_kwargs(
             self.cfg, self.strategy, device=self.device, wrap=self.wrap, checkpointing=bool(checkpointing)
         )
-        return training_arguments(
+        args = training_arguments(
             self.cfg,
             self.run,
             device=self.device,
@@ -355,6 +355,7 @@ class Session:
             plan=self.plan,
             **{**dist, **overrides},
         )
+        return args
 
     def callbacks(self) -> list[Any]:
         from lmtune.train.callbacks import MetricsCallback, ProgressCallback
@@ -364,9 +365,13 @@ class Session:
         self.metrics = MetricsCallback(self.run.metrics, self.console)
         return [self.metrics, ProgressCallback(self.console)]
 
-    @staticmethod
-    def quiet(trainer: Any) -> Any:
-        """Our progress bar and metrics file replace the Trainer's own printing."""
+    def quiet(self, trainer: Any) -> Any:
+        """Our progress bar and metrics file replace the Trainer's own printing (and, for FSDP on
+        CPU processes, the Trainer's accelerator is pointed at FSDP: distributed/env.fsdp_on_cpu)."""
+        if self.strategy.name == "fsdp" and self.device == "cpu" and self.strategy.config_kind is None:
+            from lmtune.distributed.env import fsdp_on_cpu
+
+            fsdp_on_cpu(trainer)
         from transformers.trainer_callback import PrinterCallback
         from transformers.trainer_callback import ProgressCallback as HFProgress
 
