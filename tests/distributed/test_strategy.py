@@ -128,7 +128,7 @@ def test_fsdp_translation_reaches_accelerates_plugin(tiny_model_and_tokenizer):
     [
         ({"strategy": "fsdp", "method": {"name": "qlora"}}, "QLoRA's 4-bit"),
         ({"strategy": "deepspeed", "method": {"name": "lora", "lora_plus_ratio": 16}}, "LoRA\\+"),
-        ({"strategy": "fsdp", "task": "preference", "method": {"name": "lora"}}, "reference"),
+        ({"strategy": "fsdp", "task": "preference", "method": {"name": "lora"}}, "reference log-probs"),
         ({"strategy": "fsdp", "method": {"name": "prefix"}}, "virtual-token"),
     ],
 )
@@ -176,3 +176,33 @@ def test_sharded_strategy_needs_a_launch(monkeypatch):
     c = cfg(strategy="fsdp")
     with pytest.raises(ConfigError, match="--nproc N"):
         require_launch(resolve(c.distributed, LaunchEnv(0, 1, 0)))
+
+
+EXAMPLES = __import__("pathlib").Path(__file__).resolve().parents[2] / "examples" / "distributed"
+
+
+@pytest.mark.parametrize(
+    ("name", "strategy", "stage", "offload"),
+    [
+        ("ddp.yaml", "ddp", None, (False, False)),
+        ("fsdp_full_shard.yaml", "fsdp", None, (False, False)),
+        ("fsdp_cpu_offload.yaml", "fsdp", None, (False, True)),
+        ("zero2.yaml", "deepspeed", 2, (False, False)),
+        ("zero2_offload.yaml", "deepspeed", 2, (True, False)),
+        ("zero3.yaml", "deepspeed", 3, (False, False)),
+        ("zero3_offload.yaml", "deepspeed", 3, (True, True)),
+    ],
+)
+def test_shipped_examples_configure_what_their_name_says(name, strategy, stage, offload):
+    from lmtune.config.loader import load_config
+
+    c = load_config(EXAMPLES / name)
+    s = resolve(c.distributed, LaunchEnv(0, 2, 0))
+    assert (s.name, s.zero_stage) == (strategy, stage)
+    assert (c.distributed.offload_optimizer, c.distributed.offload_params) == offload
+
+
+def test_slurm_example_uses_torchrun_rendezvous():
+    text = (EXAMPLES / "two_nodes.slurm").read_text()
+    for needed in ("srun", "torchrun", "--rdzv-backend=c10d", "--rdzv-endpoint=", "MASTER_ADDR", "--nnodes"):
+        assert needed in text

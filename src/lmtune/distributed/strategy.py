@@ -143,8 +143,8 @@ def check_supported(cfg: RunConfig, strategy: Strategy, device: str) -> None:
         why = "bitsandbytes' 8-bit AdamW does not take sharded (DTensor/ZeRO) parameters; use train.optim: adamw"
     elif cfg.task == "preference":
         why = (
-            "TRL's preference trainers keep a second (reference) model that lmtune copies before sharding; "
-            "run preference training with strategy: ddp"
+            "TRL's preference trainers compute reference log-probs (a copied model, or the adapter switched "
+            "off) around the sharded forward, which lmtune has not verified; run it with strategy: ddp"
         )
     elif m in ("prefix", "prompt", "ptuning"):
         why = (
