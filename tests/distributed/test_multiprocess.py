@@ -104,3 +104,10 @@ def test_fsdp_resume_of_sharded_checkpoint_matches_one_process(
     # the final adapter was gathered into the plain PEFT layout and loads without any process group
     close(adapter(out), adapter(reference), atol=1e-4)
     assert all(t.dtype == torch.float32 for t in adapter(out).values())
+    # ... and the run directory is an ordinary one for every later verb (they all go through load_target)
+    from lmtune.run.load import load_target
+
+    ids = torch.tensor([[1, 30, 200, 4000, 17]])
+    with torch.no_grad():
+        got, want = (load_target(str(r), quiet=True).model(input_ids=ids).logits for r in (out, reference))
+    assert torch.allclose(got, want, atol=1e-3), (got - want).abs().max()
