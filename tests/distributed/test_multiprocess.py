@@ -111,3 +111,26 @@ def test_fsdp_resume_of_sharded_checkpoint_matches_one_process(
     with torch.no_grad():
         got, want = (load_target(str(r), quiet=True).model(input_ids=ids).logits for r in (out, reference))
     assert torch.allclose(got, want, atol=1e-3), (got - want).abs().max()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", [2, 3])
+def test_deepspeed_zero_matches_one_process(reference, tiny_model_dir, sums_file, tmp_path, stage):
+    """DeepSpeed ZeRO on CPU processes (DeepSpeed's CPU accelerator). Slow and optional: deepspeed is
+    an extra (lmtune[deepspeed]), and its first run JIT-compiles the shared-memory communication op
+    (~6 minutes on a 2-core machine, cached in ~/.cache/torch_extensions afterwards)."""
+    pytest.importorskip("deepspeed")
+    out = tmp_path / "run"
+    cfg = write_config(
+        tmp_path / "zero.yaml",
+        tiny_model_dir,
+        sums_file,
+        out,
+        train={"batch_size": 2},
+        distributed={"strategy": "deepspeed", "zero_stage": stage},
+    )
+    done = lmtune_train(cfg, "--nproc", "2", timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert f"ZeRO stage {stage}" in done.stdout
+    assert losses(out) == pytest.approx(losses(reference), rel=1e-5)
+    close(adapter(out), adapter(reference), atol=1e-4)
