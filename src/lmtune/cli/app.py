@@ -63,6 +63,10 @@ def main() -> None:
     except LmtuneError as err:
         from rich.console import Console
 
+        from lmtune.distributed.env import is_main_process
+
+        if not is_main_process():  # every launched process stops on the same mistake: rank 0 says it
+            sys.exit(2)
         Console(stderr=True).print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:

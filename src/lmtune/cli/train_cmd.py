@@ -13,10 +13,28 @@ def train(
         [], "--set", help="Override a config value, e.g. --set train.max_steps=20 (repeatable)."
     ),
     resume: bool = typer.Option(False, "--resume", help="Continue from the run's latest checkpoint."),
+    nproc: int = typer.Option(
+        0,
+        "--nproc",
+        help="Launch N processes on this machine (torch.distributed.run; accelerate launch when "
+        "distributed.config_file is an accelerate YAML). Under torchrun / accelerate launch, leave it out.",
+    ),
 ) -> None:
     """Fine-tune a model as the config says; writes a run directory (runs/<name>/)."""
     from lmtune.config.loader import load_config
-    from lmtune.train.runner import train as run_training
 
     cfg = load_config(config, set_)
+    if nproc:
+        from lmtune.distributed.launch import launch
+        from lmtune.distributed.strategy import read_config_file
+
+        yaml_file = None
+        if cfg.distributed.config_file and read_config_file(cfg.distributed.config_file)[0] == "accelerate":
+            yaml_file = cfg.distributed.config_file
+        code = launch(nproc, config, list(set_), resume=resume, accelerate_yaml=yaml_file)
+        if code:
+            raise typer.Exit(code)
+        return
+    from lmtune.train.runner import train as run_training
+
     run_training(cfg, resume=resume)

@@ -146,12 +146,15 @@ class Adapter(Method):
         }
         return model
 
-    def save(self, model: Any, out_dir: Path) -> None:
+    def save(self, model: Any, out_dir: Path, *, state_dict: dict[str, Any] | None = None) -> None:
         from safetensors.torch import save_file
 
         out_dir = Path(out_dir)
         info = {"format_version": FORMAT_VERSION, "lmtune_version": __version__, **model._lmtune_adapter}
-        tensors = {n: t.contiguous().cpu() for n, t in adapter_state(model).items()}
+        own = adapter_state(model)
+        if state_dict is not None:  # gathered from a sharded run: the same names, whole tensors
+            own = {n: state_dict[n] for n in own}
+        tensors = {n: t.contiguous().cpu() for n, t in own.items()}
         save_file(tensors, str(out_dir / WEIGHTS), metadata={"format": "pt"})
         (out_dir / CONFIG).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
 

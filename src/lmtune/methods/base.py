@@ -44,8 +44,10 @@ class Method(ABC):
     def prepare(self, model: Any, opts: Any, *, task: str = "sft") -> Any:
         """Return the model to train, with exactly the intended parameters trainable."""
 
-    def save(self, model: Any, out_dir: Path) -> None:
-        model.save_pretrained(out_dir)
+    def save(self, model: Any, out_dir: Path, *, state_dict: dict[str, Any] | None = None) -> None:
+        """Write what was trained. `state_dict`: the model's full state gathered from a sharded
+        (FSDP / ZeRO-3) run, whose in-memory parameters are only this process's shards."""
+        model.save_pretrained(out_dir, state_dict=state_dict)
 
     @abstractmethod
     def load(self, base: Any, run_dir: Path, *, task: str = "sft") -> Any:

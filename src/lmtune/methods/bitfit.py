@@ -49,11 +49,13 @@ class BitFit(Method):
             param.requires_grad_(name in trained)
         return model
 
-    def save(self, model: Any, out_dir: Path) -> None:
+    def save(self, model: Any, out_dir: Path, *, state_dict: dict[str, Any] | None = None) -> None:
         from safetensors.torch import save_file
 
         names = set(trained_names(model))
         state = {n: p.detach().contiguous() for n, p in model.named_parameters() if n in names}
+        if state_dict is not None:  # gathered from a sharded run: the same names, whole tensors
+            state = {n: state_dict[n].contiguous() for n in state}
         save_file(state, str(out_dir / WEIGHTS), metadata={"format": "pt", "lmtune_method": "bitfit"})
 
     def load(self, base: Any, run_dir: Path, *, task: str = "sft") -> Any:

@@ -65,11 +65,15 @@ class LoRA(PeftMethod):
             config.init_lora_weights = INIT[opts.init]
         return peft_model
 
-    def save(self, model: Any, out_dir: Path) -> None:
+    def save(self, model: Any, out_dir: Path, *, state_dict: dict[str, Any] | None = None) -> None:
         if self._initial_adapter is None:
-            model.save_pretrained(out_dir)
+            model.save_pretrained(out_dir, state_dict=state_dict)
             return
-        model.save_pretrained(out_dir, path_initial_model_for_weight_conversion=str(self._initial_adapter))
+        model.save_pretrained(
+            out_dir,
+            state_dict=state_dict,
+            path_initial_model_for_weight_conversion=str(self._initial_adapter),
+        )
         shutil.rmtree(self._initial_adapter.parent, ignore_errors=True)
 
 

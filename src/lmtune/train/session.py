@@ -25,6 +25,7 @@ from lmtune import __version__
 from lmtune.config.loader import dump_config
 from lmtune.config.schema import RunConfig
 from lmtune.data.records import Reject, count_reasons
+from lmtune.distributed.env import barrier, main_first
 from lmtune.errors import ConfigError, DataError
 from lmtune.run.layout import RunDir, is_run_dir, prepare_run_dir, write_json
 
@@ -54,10 +55,25 @@ class Session:
     def __init__(self, cfg: RunConfig, *, resume: bool = False, console: Any = None):
         from rich.console import Console
 
+        from lmtune.distributed import strategy as dist_strategy
+        from lmtune.distributed.env import init_distributed, launch_env
+
         self.cfg = cfg
         self.resume = resume
-        self.console = console or Console()
+        # Under a multi-process launch only rank 0 prints and writes the run directory (distributed/).
+        self.env = launch_env()
+        self.console = (console or Console()) if self.env.is_main else Console(quiet=True)
         self.started = time.perf_counter()
+        self.strategy = dist_strategy.resolve(cfg.distributed, self.env)
+        self.trainer: Any = None  # the task's Trainer, once training ran (the final save gathers through it)
+        self.wrap: list[str] = []  # FSDP's per-layer units (the model's _no_split_modules)
+        if self.strategy.distributed:
+            from lmtune.models.load import resolve_device
+
+            dist_strategy.require_launch(self.strategy)
+            device = resolve_device(cfg.model.device)
+            dist_strategy.check_supported(cfg, self.strategy, device)
+            init_distributed(device)
         if resume and (
             cfg.method.name == "ptuning" or (cfg.method.name == "prefix" and cfg.method.prefix_projection)
         ):
@@ -67,9 +83,12 @@ class Session:
                 "The run directory and its checkpoints still load for chat and generate; "
                 "to train further, start a new run."
             )
-        self.run: RunDir = prepare_run_dir(run_name(cfg), overwrite=cfg.output.overwrite, resume=resume)
-        self.run.config.write_text(dump_config(cfg), encoding="utf-8")
+        self.run: RunDir = main_first(self._make_run_dir)
         self.console.print(f"[bold]Run directory:[/] {self.run.root}")
+        if self.strategy.distributed:
+            from lmtune.distributed.strategy import batch_line
+
+            self.console.print(batch_line(cfg, self.strategy))
         self.method: Any = None
         self.device = "cpu"
         self.bf16 = False
@@ -80,6 +99,18 @@ class Session:
         self.packing: dict[str, Any] | None = None  # packing stats, when samples were packed
         self.eval_data: Any = None  # eval.path's records (lmtune.eval.items.EvalData), read once
         self.eval_options: Any = None
+
+    def _make_run_dir(self) -> RunDir:
+        """Rank 0 creates (or checks, under --resume) the run directory; the other ranks only name it."""
+        if not self.env.is_main:
+            return RunDir(run_name(self.cfg))
+        run = prepare_run_dir(run_name(self.cfg), overwrite=self.cfg.output.overwrite, resume=self.resume)
+        run.config.write_text(dump_config(self.cfg), encoding="utf-8")
+        return run
+
+    def main_first(self, fn: Any) -> Any:
+        """`fn()` on rank 0 first (it fills caches), then on the other ranks (they read them)."""
+        return main_first(fn)
 
     # -- data ---------------------------------------------------------------------------------
     def load_data(self, *, split: bool = True) -> RunData:
@@ -129,7 +160,8 @@ class Session:
         announced here, or stop the run under on_error: fail."""
         from lmtune.data.load import write_rejects
 
-        write_rejects(rejects, self.run.rejects)
+        if self.env.is_main:
+            write_rejects(rejects, self.run.rejects)
         late = [r for r in rejects if r.reason in stage_reasons]
         if late:
             first = late[0]
@@ -144,7 +176,8 @@ class Session:
         """Write rejects and data_stats.json; stop when nothing is left to train on."""
         self.write_rejects(rejects, **late)
         info["rejected_by_reason"] = count_reasons(rejects)
-        write_json(self.run.data_stats, info)
+        if self.env.is_main:
+            write_json(self.run.data_stats, info)
         if not trainable:
             raise DataError(
                 "no trainable samples left after validation and tokenisation",
@@ -186,6 +219,7 @@ class Session:
         self.plan = plan_speed(cfg, device=self.device, bf16=self.bf16)
         if self.plan.reasons:
             self.console.print("Speed plan: " + "; ".join(self.plan.lines()))
+        self.distributed_fast_paths()
         dtype = "float32" if cfg.model.dtype == "auto" else cfg.model.dtype
         kwargs = {**self.method.load_kwargs(cfg.method, bf16=self.bf16), **extra}
         if is_run_dir(cfg.model.name):
@@ -196,7 +230,30 @@ class Session:
             model = (loader or load_causal_lm)(self.model_ref(), dtype=dtype, device=self.device, **kwargs)
             self.method.check(model, cfg.method)
         self.set_attention(model)
+        if self.strategy.name == "fsdp":
+            from lmtune.distributed.strategy import wrap_classes
+
+            self.wrap = wrap_classes(model)
+            if cfg.distributed.fsdp_wrap == "auto":
+                self.console.print(
+                    f"FSDP shards per {', '.join(self.wrap) or 'whole model (no _no_split_modules)'}"
+                )
         return model
+
+    def distributed_fast_paths(self) -> None:
+        """Switch off the speed paths that do not combine with the strategy, one printed line for all."""
+        from lmtune.distributed.strategy import fast_path_changes
+
+        changes = fast_path_changes(self.cfg, self.strategy)
+        if not changes:
+            return
+        if "bf16 frozen weights" in changes:
+            self.plan.bf16_frozen = False
+        if "torch.compile" in changes:
+            self.plan.compile = False
+        self.console.print(
+            f"Under {self.strategy.name}: " + "; ".join(f"{k} {v}" for k, v in changes.items())
+        )
 
     def set_attention(self, model: Any) -> None:
         """The planned attention kernel; lmtune_packed falls back to sdpa on a model that refuses
@@ -247,6 +304,13 @@ class Session:
         from lmtune.infer.generate import GenerationOptions
         from lmtune.run.load import LoadedTarget
 
+        if self.strategy.distributed:
+            if when == "before":
+                self.console.print(
+                    f"eval.path: generation checks skipped under {self.strategy.world_size} processes; "
+                    f"run `lmtune eval {self.run.root} {cfg.eval.path}` after training"
+                )
+            return None
         if self.eval_data is None:  # read "before" in any case: a bad file stops the run early
             self.eval_data = load_eval_data(cfg.eval.path, system=cfg.data.system)
         if when == "before" and (self.resume or not cfg.eval.compare_base):
@@ -277,27 +341,41 @@ class Session:
 
     # -- trainer ------------------------------------------------------------------------------
     def training_args(self, *, has_val: bool, args_class: Any = None, **overrides: Any) -> Any:
+        from lmtune.distributed.strategy import trainer_kwargs
         from lmtune.train.args import training_arguments
 
-        return training_arguments(
+        checkpointing = (
+            self.plan.gradient_checkpointing if self.plan else self.cfg.train.gradient_checkpointing is True
+        )
+        dist = trainer_kwargs(
+            self.cfg, self.strategy, device=self.device, wrap=self.wrap, checkpointing=bool(checkpointing)
+        )
+        args = training_arguments(
             self.cfg,
             self.run,
             device=self.device,
             has_val=has_val,
             args_class=args_class,
             plan=self.plan,
-            **overrides,
+            **{**dist, **overrides},
         )
+        return args
 
     def callbacks(self) -> list[Any]:
         from lmtune.train.callbacks import MetricsCallback, ProgressCallback
 
+        if not self.env.is_main:  # metrics file and progress bar: rank 0's (its logged loss is the mean)
+            return []
         self.metrics = MetricsCallback(self.run.metrics, self.console)
         return [self.metrics, ProgressCallback(self.console)]
 
-    @staticmethod
-    def quiet(trainer: Any) -> Any:
-        """Our progress bar and metrics file replace the Trainer's own printing."""
+    def quiet(self, trainer: Any) -> Any:
+        """Our progress bar and metrics file replace the Trainer's own printing (and, for FSDP on
+        CPU processes, the Trainer's accelerator is pointed at FSDP: distributed/env.fsdp_on_cpu)."""
+        if self.strategy.name == "fsdp" and self.device == "cpu" and self.strategy.config_kind is None:
+            from lmtune.distributed.env import fsdp_on_cpu
+
+            fsdp_on_cpu(trainer)
         from transformers.trainer_callback import PrinterCallback
         from transformers.trainer_callback import ProgressCallback as HFProgress
 
@@ -308,6 +386,7 @@ class Session:
     def train(self, trainer: Any) -> tuple[Any, float]:
         """trainer.train(), resumed from the latest checkpoint under --resume; returns (output, seconds)."""
         started = time.perf_counter()
+        self.trainer = trainer
         ckpt = str(self.run.latest_checkpoint()) if self.resume else None
         output = trainer.train(resume_from_checkpoint=ckpt)
         return output, time.perf_counter() - started
@@ -368,10 +447,10 @@ class Session:
                 processing_class=tokenizer,
                 callbacks=[*self.callbacks(), speed],
                 optimizers=(build_optimizer(model, self.cfg), None),
-                loss_chunk=self.cfg.train.loss_chunk,
+                loss_chunk=0 if self.strategy.distributed else self.cfg.train.loss_chunk,
             )
         )
-        if trainer.chunked_loss_off_because and self.cfg.train.loss_chunk:
+        if trainer.chunked_loss_off_because and self.cfg.train.loss_chunk and not self.strategy.distributed:
             self.console.print(f"Loss over full logits: {trainer.chunked_loss_off_because}")
         before = trainer.evaluate()["eval_loss"] if has_val and not self.resume else None
         output, seconds = self.train(trainer)
@@ -390,8 +469,20 @@ class Session:
 
     # -- outputs ------------------------------------------------------------------------------
     def save(self, model: Any, tokenizer: Any, **marker_extra: Any) -> None:
-        """Trained weights, tokenizer and the run marker (what `load_target` reads back)."""
-        self.method.save(model, self.run.root)
+        """Trained weights, tokenizer and the run marker (what `load_target` reads back).
+
+        A sharded (FSDP, ZeRO-3) model is gathered to rank 0 first, which alone writes: the run
+        directory has the single-process layout whatever the launch (distributed/consolidate.py)."""
+        from lmtune.distributed.consolidate import full_state_dict
+
+        state = full_state_dict(self.trainer)  # collective: every rank takes part
+        if not self.env.is_main:
+            barrier()  # wait for rank 0's files, so no process reports the run finished before they exist
+            return
+        if state is None:
+            self.method.save(model, self.run.root)
+        else:
+            self.method.save(model, self.run.root, state_dict=state)
         if tokenizer is not None:
             tokenizer.save_pretrained(self.run.root)
         base = self.parent["base_model"] if self.parent else self.cfg.model.name
@@ -409,6 +500,8 @@ class Session:
             marker["parent_run"] = str(Path(self.cfg.model.name).resolve())
             marker["method_options"] = self.parent["method_options"]
         write_json(self.run.marker, marker)
+        if self.strategy.distributed:
+            barrier()
 
     def base_summary(self, output: Any, trainer: Any, train_seconds: float) -> dict[str, Any]:
         """The summary fields every task reports (tasks add their own metrics)."""
@@ -438,6 +531,17 @@ class Session:
     def finish(self, summary: dict[str, Any], model: Any = None) -> RunResult:
         from lmtune.run.summary import plot_losses, write_summary
 
+        if not self.env.is_main:
+            return RunResult(self.run.root, summary, model)
+        if self.strategy.distributed:
+            summary["distributed"] = {
+                "strategy": self.strategy.name,
+                "world_size": self.strategy.world_size,
+                "zero_stage": self.strategy.zero_stage,
+                "global_batch": self.cfg.train.batch_size
+                * self.cfg.train.grad_accum
+                * self.strategy.world_size,
+            }
         if self.metrics is not None:
             plot_losses(self.metrics.history, self.run.loss_plot)
         summary["total_seconds"] = round(time.perf_counter() - self.started, 1)

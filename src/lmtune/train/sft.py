@@ -37,8 +37,10 @@ def run(cfg: RunConfig, *, resume: bool = False, console: Any = None) -> RunResu
     note = check_system_role(tokenizer, data.train + data.val, cfg.data.system_merge)
     if note:
         s.console.print(note, highlight=False)
-    train_set = tokenize_records(data.train, tokenizer, **kw)
-    val_set = tokenize_records(data.val, tokenizer, **kw)
+    # Under a multi-process launch rank 0 tokenises (and fills the cache) first; the others read it.
+    train_set, val_set = s.main_first(
+        lambda: (tokenize_records(data.train, tokenizer, **kw), tokenize_records(data.val, tokenizer, **kw))
+    )
     if train_set.cache_hit:
         s.console.print(f"Tokenised samples reused from the cache: {train_set.cache_file}")
     rejects = data.rejects + train_set.rejects + val_set.rejects
