@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -122,10 +123,11 @@ def main(argv: list[str] | None = None) -> int:
         if not data.is_file():
             write_records(n, data)
         cache = work / f"cache_{n}"
+        shutil.rmtree(cache, ignore_errors=True)  # "cold" must be cold
         steps = ["inspect", "cold", "warm"] + (["old"] if n in (a.old or []) else [])
         for step in steps:
             r = measure([step, str(data), *common, str(cache), str(a.max_length), str(a.num_proc)])
-            extra = f" (num_proc {r['num_proc']})" if step == "cold" else ""
+            extra = f" (num_proc {r['num_proc']}, {'hit' if r['hit'] else 'built'})" if "hit" in r else ""
             print(
                 f"| {n:,} | {step}{extra} | {r['seconds']} | {r['peak_mb']} | {r['usable']:,} | {r['tokens']:,} |",
                 flush=True,
