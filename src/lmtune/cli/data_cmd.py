@@ -51,33 +51,27 @@ def inspect(
     ),
 ) -> None:
     """Detected format, counts, rejects by reason, token lengths, and one example with its trained
-    tokens highlighted: exactly what the trainer will see."""
-    from lmtune.data.records import count_reasons
+    tokens highlighted: exactly what the trainer will see. The file is streamed (memory stays flat
+    for millions of records); percentiles come from a uniform sample of 100,000 lengths beyond that."""
+    from lmtune.datastore.inspect import inspect_file
     from lmtune.models.load import load_tokenizer
     from lmtune.models.resolve import resolve_model_ref
-    from lmtune.tokenize.dataset import tokenize_records
-    from lmtune.tokenize.templates import apply_template_choice, check_system_role
+    from lmtune.tokenize.templates import apply_template_choice
 
-    result = _load(file, fmt, column)
     tokenizer = load_tokenizer(resolve_model_ref(model))
     apply_template_choice(tokenizer, template)
-    note = check_system_role(tokenizer, result.records, system_merge)
-    tokset = tokenize_records(
-        result.records, tokenizer, max_length=max_length, train_on=train_on, system_merge=system_merge
+    result = inspect_file(
+        file,
+        tokenizer,
+        format=fmt,
+        columns=_columns(column),
+        max_length=max_length,
+        train_on=train_on,
+        keep=records if as_json else 0,
+        example=example,
+        system_merge=system_merge,
     )
-    rejects = result.rejects + tokset.rejects
-    report: dict[str, Any] = {
-        "file": str(file),
-        "format": result.format,
-        "records": result.total,
-        "usable": len(tokset.samples),
-        "rejected": len(rejects),
-        "rejected_by_reason": count_reasons(rejects),
-        "rejects": [{k: v for k, v in r.to_dict().items() if k != "raw"} for r in rejects[:20]],
-        **{k: v for k, v in tokset.stats().items() if k not in ("samples", "rejected")},
-    }
-    if note:
-        report["note"] = note
+    report = result.report
     if as_json:
         report["samples"] = [
             {
@@ -86,14 +80,14 @@ def inspect(
                 "labels": s.labels,
                 "text": tokenizer.decode(s.input_ids),
             }
-            for src, s in list(zip(tokset.sources, tokset.samples))[:records]
+            for src, s in result.samples
         ]
         typer.echo(json.dumps(report, ensure_ascii=False))
         return
-    _print_inspect(report, tokset, tokenizer, example)
+    _print_inspect(report, result.example, tokenizer)
 
 
-def _print_inspect(report: dict[str, Any], tokset: Any, tokenizer: Any, example: int) -> None:
+def _print_inspect(report: dict[str, Any], example: Any, tokenizer: Any) -> None:
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
@@ -111,6 +105,9 @@ def _print_inspect(report: dict[str, Any], tokset: Any, tokenizer: Any, example:
     pct = report.get("length_percentiles", {})
     if pct:
         table.add_row("tokens per sample", "  ".join(f"{k} {v}" for k, v in pct.items()))
+    hist = report.get("length_histogram", {})
+    if hist:
+        table.add_row("length histogram", "  ".join(f"{k}: {v}" for k, v in hist.items()))
     table.add_row(
         "tokens",
         f"{report['tokens']:,} total, {report['trained_tokens']:,} trained, "
@@ -126,12 +123,11 @@ def _print_inspect(report: dict[str, Any], tokset: Any, tokenizer: Any, example:
             + f": {r['message']}",
             highlight=False,
         )
-    if not tokset.samples:
+    if example is None:
         return
-    i = min(max(example, 1), len(tokset.samples)) - 1
-    sample = tokset.samples[i]
+    i, source, sample = example
     con.print(
-        f"\n[bold]Example {i + 1}[/] ({tokset.sources[i]}): "
+        f"\n[bold]Example {i}[/] ({source}): "
         "[bold green on grey15]trained tokens[/] vs [dim]context (label -100)[/]"
     )
     text = Text()

@@ -199,6 +199,13 @@ class DataSection(Section):
         description="Shuffle the training samples each epoch. false keeps file order (a file sorted by "
         "label then trains class by class, which is warned about).",
     )
+    num_proc: int | None = Field(
+        None,
+        ge=1,
+        description="sft, memory-mapped store (lmtune.datastore): worker processes that tokenise. null: "
+        "min(usable cores, 8, records // 5000), at least 1 (a worker costs more than it saves below 5,000 "
+        "records).",
+    )
 
     @model_validator(mode="before")
     @classmethod

@@ -10,11 +10,11 @@ whole file (missing, not UTF-8, not JSON at all) is a `DataError` naming the fil
 from __future__ import annotations
 
 import csv
-import io
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -69,14 +69,65 @@ def iter_raw_records(
         raise DataError(f"unknown text_split '{text_split}'.", hint=f"use one of {', '.join(TEXT_SPLITS)}.")
     if suffix == ".parquet":
         return _read_parquet(p, str(path))
+    # JSON lines, CSV/TSV and line/paragraph text are read as a stream (one line at a time), so a
+    # file of millions of records never sits in memory as a whole; a JSON array has to be parsed whole.
+    if suffix in (".jsonl", ".ndjson") and _first_char(p, str(path)) != "[":
+        return _read_jsonl(_stream_lines(p, str(path)), str(path))
+    if suffix in (".csv", ".tsv"):
+        return _read_delimited_stream(p, str(path), tsv=suffix == ".tsv", header=header)
+    if suffix == ".txt" and text_split != "file":
+        return _read_txt_lines(_stream_lines(p, str(path)), str(path), text_split)
     text = _read_text(p, str(path))
     if suffix == ".json":
         return _read_json(text, str(path))
     if suffix in (".jsonl", ".ndjson"):
         return _read_jsonl_or_array(text, str(path))
-    if suffix in (".csv", ".tsv"):
-        return _read_delimited(text, str(path), tsv=suffix == ".tsv", header=header)
     return _read_txt(text, str(path), text_split)
+
+
+def _first_char(p: Path, file: str) -> str:
+    """The first non-blank character of the file (after a UTF-8 BOM), '' for a blank file."""
+    with p.open("rb") as fh:
+        head = fh.read(4096)
+        _check_not_utf16(head, file)
+        head = head.removeprefix(b"\xef\xbb\xbf")
+        while head and not head.strip():
+            head = fh.read(4096)
+        stripped = head.lstrip()
+        return chr(stripped[0]) if stripped else ""
+
+
+def _check_not_utf16(head: bytes, file: str) -> None:
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise DataError(
+            "the file is UTF-16, not UTF-8.",
+            file=file,
+            hint="re-save it as UTF-8 (e.g. `iconv -f utf-16 -t utf-8`).",
+        )
+
+
+def _stream_lines(p: Path, file: str, *, keep_ends: bool = False) -> Iterator[str]:
+    """The file's lines decoded as UTF-8, one at a time, split on "\\n" only (like
+    `text.split("\\n")`; a trailing "\\r" stays). A bad byte stops with the same DataError
+    `_read_text` gives, pointing at its line."""
+    offset = 0
+    with p.open("rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            if lineno == 1:
+                _check_not_utf16(raw, file)
+                if raw.startswith(b"\xef\xbb\xbf"):
+                    raw, offset = raw[3:], 3
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(
+                    f"the file is not valid UTF-8 (byte 0x{raw[e.start]:02x} at offset {offset + e.start}).",
+                    file=file,
+                    line=lineno,
+                    hint="re-save it as UTF-8 (e.g. `iconv -f latin1 -t utf-8 in > out`).",
+                ) from None
+            offset += len(raw)
+            yield line if keep_ends else line.removesuffix("\n")
 
 
 def _read_text(p: Path, file: str) -> str:
@@ -141,10 +192,12 @@ def _read_jsonl_or_array(text: str, file: str) -> Iterator[RawRecord]:
     return _read_jsonl(text, file)
 
 
-def _read_jsonl(text: str, file: str) -> Iterator[RawRecord]:
+def _read_jsonl(text: str | Iterable[str], file: str) -> Iterator[RawRecord]:
+    """JSON lines from the whole text or from a stream of lines (`_stream_lines`)."""
     # split on "\n" only: str.splitlines() would also split on U+2028 etc., legal inside JSON strings
+    lines = text.split("\n") if isinstance(text, str) else text
     index = 0
-    for lineno, line in enumerate(text.split("\n"), start=1):
+    for lineno, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         index += 1
@@ -244,8 +297,33 @@ def _array_records(items: list[Any], lines: list[int] | None, file: str) -> Iter
 # ---------------------------------------------------------------- CSV / TSV
 
 
-def _read_delimited(text: str, file: str, *, tsv: bool, header: bool = True) -> Iterator[RawRecord]:
-    """Header row + rows, values as strings (without a header row, cells are named "0", "1", ...).
+class _LineTape:
+    """The file's lines (ends kept, as csv wants them) as a stream, remembering the lines not yet
+    claimed by a record so a bad row can be quoted in the rejects file without keeping the file."""
+
+    def __init__(self, p: Path, file: str):
+        self._lines = _stream_lines(p, file, keep_ends=True)
+        self.seen: dict[int, str] = {}
+        self.count = 0
+
+    def __iter__(self) -> Iterator[str]:
+        for line in self._lines:
+            self.count += 1
+            self.seen[self.count] = line
+            yield line
+
+    def raw(self, first: int, last: int) -> str:
+        """Lines first..last (1-based, inclusive) as one string without line ends."""
+        return "\n".join(self.seen.get(i, "").rstrip("\n") for i in range(first, last + 1)).replace("\r", "")
+
+    def forget(self, upto: int) -> None:
+        for i in [i for i in self.seen if i <= upto]:
+            del self.seen[i]
+
+
+def _read_delimited_stream(p: Path, file: str, *, tsv: bool, header: bool = True) -> Iterator[RawRecord]:
+    """Header row + rows, values as strings (without a header row, cells are named "0", "1", ...),
+    read as a stream.
 
     TSV is read without quote handling (as GLUE/SST-2 and the IANA TSV definition do): with
     quoting on, one stray `"` at the start of a cell silently swallows every following row.
@@ -254,28 +332,28 @@ def _read_delimited(text: str, file: str, *, tsv: bool, header: bool = True) -> 
     # strict: an unterminated quote is an error, not a cell that silently swallows the rest of the file
     options: dict[str, Any] = {"delimiter": "\t", "quoting": csv.QUOTE_NONE} if tsv else {"strict": True}
     # the default cell limit (131,072 characters) would reject long documents; no cell exceeds the file
-    csv.field_size_limit(max(csv.field_size_limit(), len(text) + 1))
-    reader = csv.reader(io.StringIO(text, newline=""), **options)
-    raw_lines = text.split("\n")
+    csv.field_size_limit(max(csv.field_size_limit(), p.stat().st_size + 1))
+    tape = _LineTape(p, file)
+    reader = csv.reader(tape, **options)
     if not header:
         try:
-            first = next((row for row in csv.reader(io.StringIO(text, newline=""), **options) if row), None)
+            first = next((row for row in csv.reader(_LineTape(p, file), **options) if row), None)
         except csv.Error as e:
             raise DataError(f"cannot read the first {kind} row: {e}.", file=file, line=1) from None
         if first is None:
             raise DataError(f"the {kind} file is empty.", file=file, hint="put one row per record.")
-        return _delimited_rows(reader, [str(i) for i in range(len(first))], raw_lines, file, kind)
+        return _delimited_rows(reader, [str(i) for i in range(len(first))], tape, file, kind)
     try:
-        header = next(reader, None)
-        while header == []:
-            header = next(reader, None)
+        names = next(reader, None)
+        while names == []:
+            names = next(reader, None)
     except csv.Error as e:
         raise DataError(f"cannot read the {kind} header: {e}.", file=file, line=reader.line_num) from None
-    if header is None:
+    if names is None:
         raise DataError(
             f"the {kind} file is empty.", file=file, hint="put a header row first, then one row per record."
         )
-    names = [h.strip() for h in header]
+    names = [h.strip() for h in names]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes or "" in names:
         problem = f"duplicate column names {dupes}" if dupes else "an empty column name"
@@ -285,20 +363,21 @@ def _read_delimited(text: str, file: str, *, tsv: bool, header: bool = True) -> 
             line=reader.line_num,
             hint="give every column a unique, non-empty name in the first row.",
         )
-    return _delimited_rows(reader, names, raw_lines, file, kind)
+    return _delimited_rows(reader, names, tape, file, kind)
 
 
 def _delimited_rows(
-    reader: Any, names: list[str], raw_lines: list[str], file: str, kind: str
+    reader: Any, names: list[str], tape: _LineTape, file: str, kind: str
 ) -> Iterator[RawRecord]:
     index, end = 0, reader.line_num
+    tape.forget(end)
     while True:
         start = end + 1
         try:
             row = next(reader, None)
         except csv.Error as e:  # e.g. an unterminated quote, or text after a closing quote
             index += 1
-            raw = "\n".join(raw_lines[start - 1 : reader.line_num]).replace("\r", "")
+            raw = tape.raw(start, reader.line_num)
             yield RawRecord(index, start, None, _reject(
                 file, index, start, "bad_row", raw,
                 f"line {start} cannot be parsed as {kind}: {e}. Fix: a cell that contains quotes must be "
@@ -307,21 +386,25 @@ def _delimited_rows(
             if reader.line_num < start:
                 return
             end = reader.line_num
+            tape.forget(end)
             continue
         if row is None:
             return
         end = reader.line_num
         if not row:  # blank line
+            tape.forget(end)
             continue
         index += 1
         if len(row) != len(names):
-            raw = "\n".join(raw_lines[start - 1 : end]).replace("\r", "")
+            raw = tape.raw(start, end)
+            tape.forget(end)
             yield RawRecord(index, start, None, _reject(
                 file, index, start, "bad_row", raw,
                 f"line {start} has {len(row)} cells but the header has {len(names)} ({', '.join(names)}). "
                 f"Fix: quote cells that contain the delimiter, or add/remove cells on that row.",
             ))  # fmt: skip
             continue
+        tape.forget(end)
         yield RawRecord(index, start, dict(zip(names, row, strict=True)), None)
 
 
@@ -329,16 +412,31 @@ def _delimited_rows(
 
 
 def _read_parquet(p: Path, file: str) -> Iterator[RawRecord]:
+    """Row groups are read in batches of rows, so a large Parquet file is not held whole."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    try:
-        rows = pq.read_table(p).to_pylist()
-    except (pa.ArrowException, OSError) as e:
-        raise DataError(
+    def fail(e: Exception) -> DataError:
+        return DataError(
             f"cannot read the Parquet file: {e}.", file=file, hint="check it is a valid .parquet file."
-        ) from None
-    return (RawRecord(i, None, row, None) for i, row in enumerate(rows, start=1))
+        )
+
+    try:
+        batches = pq.ParquetFile(p).iter_batches(batch_size=4096)
+    except (pa.ArrowException, OSError) as e:
+        raise fail(e) from None
+
+    def rows() -> Iterator[RawRecord]:
+        index = 0
+        try:
+            for batch in batches:
+                for row in batch.to_pylist():
+                    index += 1
+                    yield RawRecord(index, None, row, None)
+        except (pa.ArrowException, OSError) as e:
+            raise fail(e) from None
+
+    return rows()
 
 
 def _read_txt(text: str, file: str, text_split: str) -> Iterator[RawRecord]:
@@ -348,10 +446,15 @@ def _read_txt(text: str, file: str, text_split: str) -> Iterator[RawRecord]:
         if text.strip():
             yield RawRecord(1, 1, {"text": text}, None)
         return
+    yield from _read_txt_lines(text.split("\n"), file, text_split)
+
+
+def _read_txt_lines(lines: Iterable[str], file: str, text_split: str) -> Iterator[RawRecord]:  # noqa: ARG001
+    """One record per line or per blank-line-separated block, from a stream of lines."""
     index = 0
     block: list[str] = []
     block_start = 0
-    for lineno, line in enumerate([*text.split("\n"), ""], start=1):
+    for lineno, line in enumerate(chain((x.removesuffix("\r") for x in lines), [""]), start=1):
         if text_split == "line":
             if line.strip():
                 index += 1
