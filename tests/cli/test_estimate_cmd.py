@@ -12,8 +12,8 @@ from typer.testing import CliRunner
 from lmtune.cli.app import app
 from lmtune.config.loader import load_config
 from lmtune.errors import ConfigError
-from lmtune.train import estimate as est
-from lmtune.train import memory
+from lmtune.plan import estimate as est
+from lmtune.plan import memory
 
 runner = CliRunner()
 MiB = 2**20

@@ -41,8 +41,8 @@ def estimate(
     """Predict a training run's peak memory, and what to change when it does not fit."""
     from lmtune.config.loader import load_config
     from lmtune.models.load import resolve_device
-    from lmtune.train.estimate import estimate_memory
-    from lmtune.train.memory import available_memory, parse_memory
+    from lmtune.plan.estimate import estimate_memory
+    from lmtune.plan.memory import available_memory, parse_memory
 
     if device not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"--device '{device}' is not one of auto, cpu, cuda.")
@@ -124,7 +124,7 @@ def suggestions(cfg: Any, limit: int, *, device: str | None = None) -> list[Sugg
     """Changes that lower the peak, cheapest in speed or quality first; each is applied on top of
     the ones before it, and the list stops at the first that fits. Where a change has a size
     (batch, length), the largest that fits is chosen, else the smallest tried."""
-    from lmtune.train.estimate import estimate_memory
+    from lmtune.plan.estimate import estimate_memory
 
     t, method = cfg.train, cfg.method.name
     effective = t.batch_size * t.grad_accum
@@ -202,6 +202,6 @@ def _with_overrides(cfg: Any, sets: list[str]) -> Any:
 
 
 def _fmt(n: int) -> str:
-    from lmtune.train.memory import format_bytes
+    from lmtune.plan.memory import format_bytes
 
     return format_bytes(n)
