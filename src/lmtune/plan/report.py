@@ -135,7 +135,7 @@ def render_plan(plan: Plan) -> str:
     names = [g.gpu.name for g in plan.gpus]
     header = ["strategy", "weights", "grads", "optim", "activ", "total", "host", *names]
     table = []
-    for i, (off, on) in enumerate(zip(plan.rows_off, plan.rows_on, strict=True)):
+    for off, on in zip(plan.rows_off, plan.rows_on, strict=True):
         mark = " *" if plan.configured and plan.configured.key == off.strategy.key else ""
         cells = [
             off.strategy.name + mark,
