@@ -44,10 +44,14 @@ def assert_quiet(stderr: str) -> None:
 
 
 def test_estimate_imports_no_torch_and_prints_no_warnings(tmp_path):
-    (tmp_path / "model").mkdir()  # config.json written by hand: this test process need not import transformers
+    (
+        tmp_path / "model"
+    ).mkdir()  # config.json written by hand: this test process need not import transformers
     (tmp_path / "model" / "config.json").write_text(json.dumps({**TINY, "model_type": "llama"}))
     config = tmp_path / "run.yaml"
-    config.write_text(yaml.safe_dump({"model": {"name": str(tmp_path / "model")}, "data": {"path": "x.jsonl"}}))
+    config.write_text(
+        yaml.safe_dump({"model": {"name": str(tmp_path / "model")}, "data": {"path": "x.jsonl"}})
+    )
     result, out, err = probe("estimate", str(config), "--memory", "16GB", "--device", "cpu", "--nproc", "8")
     assert result == {"code": 0, "heavy": []}, out + err
     assert "Recommended:" in out

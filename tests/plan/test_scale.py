@@ -44,7 +44,12 @@ def row(key: str):
 )
 def test_each_strategy_divides_what_it_shards(key, weights, grads, optim, host):
     d = scale.per_device(estimate(), row(key), world=8, unit=GiB)
-    assert (d.weights, d.gradients, d.optimizer, d.host) == (weights * GiB, grads * GiB, optim * GiB, host * GiB)
+    assert (d.weights, d.gradients, d.optimizer, d.host) == (
+        weights * GiB,
+        grads * GiB,
+        optim * GiB,
+        host * GiB,
+    )
     assert d.activations == 4 * GiB and d.total == d.weights + d.gradients + d.optimizer + 4 * GiB + GiB // 2
 
 
@@ -83,7 +88,9 @@ def test_flops_full_is_six_n_plus_attention(tiny):
 def test_flops_lora_counts_the_frozen_base_once_more_not_twice(tiny):
     h, n = TINY["hidden_size"], TINY["num_hidden_layers"]
     spec, shape = spec_of(tiny, {"name": "lora", "r": 4, "target_modules": ["q_proj"]})
-    matmul = sum(x.in_features * x.out_features for layer in spec.layers for x in layer.linears) + spec.head_numel
+    matmul = (
+        sum(x.in_features * x.out_features for layer in spec.layers for x in layer.linears) + spec.head_numel
+    )
     f = scale.flops_per_token(spec, shape, seq=256, method="lora", ckpt=False)
     assert spec.trainable == n * 4 * (h + h)
     assert f.per_token == 4 * matmul + 6 * n * 256 * h + 2 * spec.trainable

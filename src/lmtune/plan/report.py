@@ -138,7 +138,7 @@ def render_plan(plan: Plan) -> str:
     for off, on in zip(plan.rows_off, plan.rows_on, strict=True):
         mark = " *" if plan.configured and plan.configured.key == off.strategy.key else ""
         cells = [
-            off.strategy.name + mark,
+            _name(off.strategy, plan.world) + mark,
             *(
                 f"{x / gib:.2f}"
                 for x in (off.weights, off.gradients, off.optimizer, off.activations, off.total)
@@ -172,7 +172,7 @@ def render_plan(plan: Plan) -> str:
         rows.append(
             [
                 g.gpu.name,
-                g.chosen.strategy.name + ckpt,
+                _name(g.chosen.strategy, plan.world) + ckpt,
                 f"{g.gpu.bf16_tflops:g} x {g.gpu.mfu:.0%}",
                 _duration(g.step_seconds),
                 _duration(g.hours * 3600) if plan.total_tokens else "-",
@@ -188,7 +188,7 @@ def render_plan(plan: Plan) -> str:
     if best is not None and best.chosen is not None:
         cost = f", {_money(best.cost)} in {_duration(best.hours * 3600)}" if best.cost is not None else ""
         lines.append(
-            f"\nRecommended: {best.gpu.name} x {plan.world} with {best.chosen.strategy.name}"
+            f"\nRecommended: {best.gpu.name} x {plan.world} with {_name(best.chosen.strategy, plan.world)}"
             f"{' and gradient checkpointing' if best.chosen.gradient_checkpointing else ''}: the cheapest "
             f"that fits ({_money(best.cost_per_million, 3)} per 1M tokens{cost})."
         )
@@ -199,6 +199,10 @@ def render_plan(plan: Plan) -> str:
         "Time assumes the MFU shown; communication and offload traffic are not in it."
     )
     return "\n".join(lines)
+
+
+def _name(strategy: Strategy, world: int) -> str:
+    return "1 GPU, no DDP" if strategy.key == "ddp" and world == 1 else strategy.name
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
