@@ -25,8 +25,8 @@ except SystemExit as e:
     code = e.code
 else:
     code = 0
-print("@@" + json.dumps({"code": code, "heavy": [m for m in %r if m in sys.modules]}))
-""" % (HEAVY,)
+print("@@" + json.dumps({"code": code, "heavy": [m for m in HEAVY if m in sys.modules]}))
+""".replace("HEAVY", repr(HEAVY))
 
 
 def probe(*args: str) -> tuple[dict, str, str]:
