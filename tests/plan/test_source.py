@@ -65,13 +65,3 @@ def test_not_a_gguf_and_a_broken_config_are_sentences(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama", "text_config": {"hidden_size": 8}}))
     assert folder_config(tmp_path).get_text_config().hidden_size == 8
 
-
-@pytest.mark.realmodel
-def test_smollm2_gguf_config_matches_transformers():
-    from tests.conftest import smollm2_gguf_path
-    from transformers import AutoConfig
-
-    path = smollm2_gguf_path()
-    light = gguf_config(path).to_dict()
-    full = AutoConfig.from_pretrained(str(path.parent), gguf_file=path.name)
-    assert light == {k: getattr(full, k) for k in light}
