@@ -40,8 +40,12 @@ def estimate(
     gpu: list[str] = typer.Option(
         [], "--gpu", help="GPU types to compare, e.g. --gpu l4,a100-80g,h100 (default: all in the table)."
     ),
-    nproc: int = typer.Option(1, "--nproc", min=1, help="GPUs per node."),
-    nodes: int = typer.Option(1, "--nodes", min=1, help="Nodes."),
+    nproc: int | None = typer.Option(
+        None, "--nproc", min=1, help="GPUs per node (default: the config's distributed section, else 1)."
+    ),
+    nodes: int | None = typer.Option(
+        None, "--nodes", min=1, help="Nodes (default: the config's distributed section, else 1)."
+    ),
     strategy: str | None = typer.Option(
         None, "--strategy", help="Only this strategy's rows: ddp, deepspeed or fsdp (default: all)."
     ),
@@ -98,10 +102,17 @@ def estimate(
                 f"No strategy matches --strategy {strategy} --zero-stage {zero_stage} --offload {offload} "
                 "(ZeRO stages belong to --strategy deepspeed; FSDP offloads everything: --offload params)."
             )
+        dist = getattr(cfg, "distributed", None)  # the section another version of the schema adds
+        nproc = nproc or _positive(getattr(dist, "nproc", None)) or 1
+        nodes = nodes or _positive(getattr(dist, "nodes", None) or getattr(dist, "nnodes", None)) or 1
         built = build_plan(
             cfg, gpus=gpus, nproc=nproc, nodes=nodes, strategies=rows, prices=price_table, tokens=tokens
         )
         typer.echo("\n" + render_plan(built))
+
+
+def _positive(value: Any) -> int | None:
+    return value if isinstance(value, int) and value > 0 else None
 
 
 def _plan_options(gpu: list[str], strategy: str | None, offload: str | None, prices: Path | None) -> tuple:
