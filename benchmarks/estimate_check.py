@@ -137,7 +137,7 @@ def measure_time(
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
     ids = torch.randint(0, shape.vocab, (rows, seq))
     times = []
-    for _ in range(4):
+    for _ in range(3):
         t = time.perf_counter()
         with torch.autocast("cpu", dtype=torch.bfloat16):
             loss = model(input_ids=ids, labels=ids).loss
@@ -155,6 +155,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only-time", action="store_true")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rows", type=int, default=2, help="rows per timed step")
+    parser.add_argument("--seq", type=int, default=256, help="tokens per row in the timed step")
+    parser.add_argument("--memory-cases", nargs="*", default=None, help="e.g. tiny-full SmolLM2-135M-lora")
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
