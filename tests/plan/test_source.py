@@ -62,6 +62,7 @@ def test_not_a_gguf_and_a_broken_config_are_sentences(tmp_path):
     (tmp_path / "config.json").write_text("{broken")
     with pytest.raises(ModelError, match="Cannot read the model config"):
         folder_config(tmp_path)
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama", "text_config": {"hidden_size": 8}}))
+    (tmp_path / "config.json").write_text(
+        json.dumps({"model_type": "llama", "text_config": {"hidden_size": 8}})
+    )
     assert folder_config(tmp_path).get_text_config().hidden_size == 8
-
