@@ -12,8 +12,8 @@ from typer.testing import CliRunner
 from lmtune.cli.app import app
 from lmtune.config.loader import load_config
 from lmtune.errors import ConfigError
-from lmtune.train import estimate as est
-from lmtune.train import memory
+from lmtune.plan import estimate as est
+from lmtune.plan import memory
 
 runner = CliRunner()
 MiB = 2**20
@@ -124,3 +124,36 @@ def test_a_bad_memory_size_is_a_sentence(config_file):
 def test_help():
     result = runner.invoke(app, ["estimate", "--help"])
     assert result.exit_code == 0 and "--memory" in result.output and "--set" in result.output
+
+
+# -- the GPU plan -------------------------------------------------------------------------------------
+def test_gpu_plan_compares_gpus_and_recommends_the_cheapest_that_fits(config_file, tmp_path):
+    from lmtune.plan.hardware import gpus
+
+    prices = tmp_path / "prices.yaml"
+    prices.write_text(yaml.safe_dump({"date": "2030-01-01", "per_gpu_hour": {"h100": 0.01}}))
+    out = run(str(config_file), "--memory", "64GB", "--gpu", "l4,a100-80g", "--gpu", "h100",
+              "--nproc", "4", "--nodes", "2", "--prices", str(prices))  # fmt: skip
+    assert "world size 8" in out
+    table = gpus()
+    for key in ("l4", "a100-80g", "h100"):
+        assert table[key].name in out
+    assert table["h200"].name not in out
+    for name in ("DDP", "ZeRO-1", "ZeRO-2", "ZeRO-3", "FSDP full shard", "ZeRO-3 + offload all"):
+        assert re.search(rf"^\s+{re.escape(name)}\s+\d", out, re.M), name
+    assert "Recommended: H100 80G x 8" in out  # a cent an hour makes it the cheapest
+    assert "dated 2030-01-01" in out and "FLOPs per token" in out
+
+
+def test_gpu_plan_options_are_checked(config_file):
+    for args, words in [
+        (["--gpu", "v100"], "Known: l4"),
+        (["--strategy", "horovod"], "ddp, deepspeed, fsdp"),
+        (["--offload", "disk"], "none, optimizer, params"),
+        (["--strategy", "fsdp", "--zero-stage", "2"], "No strategy matches"),
+    ]:
+        result = runner.invoke(app, ["estimate", str(config_file), "--memory", "64GB", *args])
+        assert isinstance(result.exception, ConfigError) and words in str(result.exception), result.output
+    out = run(str(config_file), "--memory", "64GB", "--strategy", "deepspeed", "--zero-stage", "3")
+    assert re.search(r"^\s+ZeRO-3\s+\d", out, re.M) and not re.search(r"^\s+DDP\s+\d", out, re.M)
+    assert "GPU plan" not in run(str(config_file), "--memory", "64GB", "--no-plan")

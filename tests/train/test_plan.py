@@ -74,7 +74,7 @@ def test_cpu_attention_follows_packing(method, packing, configured, expected):
 
 
 def test_checkpointing_auto_asks_the_memory_estimate(monkeypatch):
-    import lmtune.train.estimate as estimate
+    import lmtune.plan.estimate as estimate
 
     monkeypatch.setattr(estimate, "decide_checkpointing", lambda c, d, **k: (True, "would need 30 GB of 24"))
     p = plan_speed(cfg(train={"gradient_checkpointing": "auto"}), device="cpu", bf16=False)

@@ -37,18 +37,42 @@ def estimate(
         help="Memory to fit in: 24GB, 24GiB, 512MB, 1.5G. Default: what the device has available now.",
     ),
     device: str = typer.Option("auto", "--device", help="auto (cuda when available, else cpu), cpu or cuda."),
+    gpu: list[str] = typer.Option(
+        [], "--gpu", help="GPU types to compare, e.g. --gpu l4,a100-80g,h100 (default: all in the table)."
+    ),
+    nproc: int | None = typer.Option(
+        None, "--nproc", min=1, help="GPUs per node (default: the config's distributed section, else 1)."
+    ),
+    nodes: int | None = typer.Option(
+        None, "--nodes", min=1, help="Nodes (default: the config's distributed section, else 1)."
+    ),
+    strategy: str | None = typer.Option(
+        None, "--strategy", help="Only this strategy's rows: ddp, deepspeed or fsdp (default: all)."
+    ),
+    zero_stage: int | None = typer.Option(None, "--zero-stage", min=1, max=3, help="Only this ZeRO stage."),
+    offload: str | None = typer.Option(
+        None, "--offload", help="Only rows with this CPU offload: none, optimizer or params."
+    ),
+    prices: Path | None = typer.Option(
+        None, "--prices", help="YAML price table (per_gpu_hour: {h100: 2.49, ...}) over the shipped one."
+    ),
+    tokens: int | None = typer.Option(
+        None, "--tokens", min=1, help="Tokens the whole run trains on (default: from the data file's size)."
+    ),
+    plan: bool = typer.Option(True, "--plan/--no-plan", help="Print the GPU plan (memory, time, cost)."),
 ) -> None:
-    """Predict a training run's peak memory, and what to change when it does not fit."""
+    """Predict a training run's peak memory here, and per GPU type, strategy and world size: memory,
+    time and cost, with the cheapest GPU that fits."""
     from lmtune.config.loader import load_config
-    from lmtune.models.load import resolve_device
-    from lmtune.train.estimate import estimate_memory
-    from lmtune.train.memory import available_memory, parse_memory
+    from lmtune.plan.estimate import estimate_memory, resolve_device_light
+    from lmtune.plan.memory import available_memory, parse_memory
 
     if device not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"--device '{device}' is not one of auto, cpu, cuda.")
     limit = parse_memory(memory) if memory is not None else None  # a bad size fails before any work
+    plan_options = _plan_options(gpu, strategy, offload, prices) if plan else None
     cfg = load_config(config, set_)
-    device = resolve_device(cfg.model.device if device == "auto" else device)
+    device = resolve_device_light(cfg.model.device if device == "auto" else device)
     source = f"--memory {memory}" if memory is not None else f"available on {device} now"
     limit = limit if limit is not None else available_memory(device)
 
@@ -66,6 +90,44 @@ def estimate(
             cfg, chosen, without, with_ckpt, device=device, limit=limit, source=source, ckpt_line=ckpt_line
         )
     )
+    _advise(cfg, chosen, limit, ckpt=ckpt, setting=setting, device=device)
+    if plan_options is not None:
+        from lmtune.plan.report import build_plan, render_plan
+        from lmtune.plan.scale import select_strategies
+
+        gpus, price_table = plan_options
+        rows = select_strategies(strategy, zero_stage, offload)
+        if not rows:
+            raise ConfigError(
+                f"No strategy matches --strategy {strategy} --zero-stage {zero_stage} --offload {offload} "
+                "(ZeRO stages belong to --strategy deepspeed; FSDP offloads everything: --offload params)."
+            )
+        dist = getattr(cfg, "distributed", None)  # the section another version of the schema adds
+        nproc = nproc or _positive(getattr(dist, "nproc", None)) or 1
+        nodes = nodes or _positive(getattr(dist, "nodes", None) or getattr(dist, "nnodes", None)) or 1
+        built = build_plan(
+            cfg, gpus=gpus, nproc=nproc, nodes=nodes, strategies=rows, prices=price_table, tokens=tokens
+        )
+        typer.echo("\n" + render_plan(built))
+
+
+def _positive(value: Any) -> int | None:
+    return value if isinstance(value, int) and value > 0 else None
+
+
+def _plan_options(gpu: list[str], strategy: str | None, offload: str | None, prices: Path | None) -> tuple:
+    """The GPU list and price table, checked before any estimate is made."""
+    from lmtune.plan.hardware import load_prices, pick_gpus
+
+    if strategy is not None and strategy not in ("none", "ddp", "deepspeed", "fsdp"):
+        raise ConfigError(f"--strategy '{strategy}' is not one of ddp, deepspeed, fsdp.")
+    if offload is not None and offload not in ("none", "optimizer", "params"):
+        raise ConfigError(f"--offload '{offload}' is not one of none, optimizer, params.")
+    return pick_gpus(gpu), load_prices(prices)
+
+
+def _advise(cfg: Any, chosen: Any, limit: int, *, ckpt: bool, setting: Any, device: str) -> None:
+    """The note near the limit, or the suggestions when the run does not fit here."""
     if chosen.fits(limit):
         if chosen.peak > 0.75 * limit:
             typer.echo(
@@ -124,7 +186,7 @@ def suggestions(cfg: Any, limit: int, *, device: str | None = None) -> list[Sugg
     """Changes that lower the peak, cheapest in speed or quality first; each is applied on top of
     the ones before it, and the list stops at the first that fits. Where a change has a size
     (batch, length), the largest that fits is chosen, else the smallest tried."""
-    from lmtune.train.estimate import estimate_memory
+    from lmtune.plan.estimate import estimate_memory
 
     t, method = cfg.train, cfg.method.name
     effective = t.batch_size * t.grad_accum
@@ -202,6 +264,6 @@ def _with_overrides(cfg: Any, sets: list[str]) -> Any:
 
 
 def _fmt(n: int) -> str:
-    from lmtune.train.memory import format_bytes
+    from lmtune.plan.memory import format_bytes
 
     return format_bytes(n)

@@ -64,7 +64,7 @@ def plan_speed(cfg: RunConfig, *, device: str, bf16: bool) -> SpeedPlan:
         else:
             p.packing = bool(cfg.data.packing)
     if t.gradient_checkpointing == "auto":
-        from lmtune.train.estimate import decide_checkpointing
+        from lmtune.plan.estimate import decide_checkpointing
 
         p.gradient_checkpointing, why = decide_checkpointing(cfg, device)
         p.reasons["gradient checkpointing"] = f"{'on' if p.gradient_checkpointing else 'off'} ({why})"

@@ -15,7 +15,7 @@ import yaml
 from tests.conftest import TINY
 
 from lmtune.config.loader import validate_config
-from lmtune.train import estimate as est
+from lmtune.plan import estimate as est
 
 MiB = 2**20
 
@@ -163,7 +163,7 @@ def test_activations_match_what_autograd_keeps(attention, tmp_path, one_torch_th
     predicted = est.estimate_memory(cfg, gradient_checkpointing=False, device="cpu").activations_kept
 
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(est.model_source(cfg).config)
+    model = AutoModelForCausalLM.from_config(LlamaConfig.from_pretrained(tmp_path))
     register()
     model.set_attn_implementation(attention)
     model = get_method("lora").prepare(model, cfg.method)
@@ -229,7 +229,7 @@ print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024)  # KiB on L
 ESTIMATE = """
 import dataclasses, json, sys
 from lmtune.config.loader import load_config
-from lmtune.train.estimate import decide_checkpointing, estimate_memory
+from lmtune.plan.estimate import decide_checkpointing, estimate_memory
 cfg = load_config(sys.argv[1])
 on, _ = decide_checkpointing(cfg, "cpu")
 e = estimate_memory(cfg, gradient_checkpointing=on, device="cpu")

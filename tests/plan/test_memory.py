@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from lmtune.errors import ConfigError
-from lmtune.train import memory
+from lmtune.plan import memory
 
 
 @pytest.mark.parametrize(

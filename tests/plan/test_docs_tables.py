@@ -1,0 +1,21 @@
+"""docs/estimate.md's "Memory by model size" table is the script's output, not typed by hand."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_memory_by_size_table_is_generated():
+    spec = importlib.util.spec_from_file_location(
+        "estimate_tables", ROOT / "benchmarks" / "estimate_tables.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    doc = (ROOT / "docs" / "estimate.md").read_text()
+    found = re.search(re.escape(module.START) + r"\n(.*)\n" + re.escape(module.END), doc, re.S)
+    assert found, "docs/estimate.md lost its memory-by-size markers"
+    assert found.group(1) == module.table(), "regenerate: python benchmarks/estimate_tables.py --write"
