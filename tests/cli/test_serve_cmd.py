@@ -20,7 +20,17 @@ runner = CliRunner()
 def test_serve_has_help():
     res = runner.invoke(app, ["serve", "--help"])
     assert res.exit_code == 0
-    for option in ("--host", "--port", "--api-key", "--name", "--max-tokens-limit", "--max-request-bytes"):
+    for option in (
+        "--host",
+        "--port",
+        "--api-key",
+        "--name",
+        "--max-tokens-limit",
+        "--max-request-bytes",
+        "--max-batch",
+        "--max-queue",
+        "--engine",
+    ):
         assert option in res.output
 
 

@@ -39,6 +39,7 @@ class ModelSlot:
         self.eos = _eos_ids(model, tokenizer)
         self.scheduler = scheduler or Scheduler(model, self.eos, max_batch=max_batch, max_queue=max_queue)
         self.adapter = adapter
+        self.note = ""  # shown after the source in the startup banner
         self._tokenizer_lock = threading.Lock()  # encoding and decoding happen in many request threads
         config = getattr(model, "config", None)
         self.context: int | None = getattr(config, "max_position_embeddings", None)
