@@ -91,3 +91,32 @@ def test_queue_limits_and_a_closed_reply_frees_its_row(tiny_model_and_tokenizer)
     assert "".join(waiting) == raw_continuation(model, tokenizer, PROMPTS[1], 3)
     assert len(running.request.generated) < 100
     wait_for(lambda: slot.scheduler.active() == 0)
+
+
+def test_repetition_penalty_per_row_matches_transformers(tiny_model_and_tokenizer):
+    """One row with a penalty (below 1: seen tokens favoured, so it shows on a random model), one without,
+    in the same batch: each equals `model.generate` alone."""
+    import torch
+
+    from lmtune.infer.generate import _eos_ids
+
+    model, tokenizer = tiny_model_and_tokenizer
+    slot = ModelSlot("tiny", model, tokenizer)
+    penalized, _ = start(slot, PROMPTS[0], max_new_tokens=16, repetition_penalty=0.4)
+    plain, _ = start(slot, PROMPTS[3], max_new_tokens=16)
+    eos = _eos_ids(model, tokenizer)
+    enc = tokenizer(PROMPTS[0], return_tensors="pt")
+    with torch.no_grad():
+        out = model.generate(
+            **enc,
+            max_new_tokens=16,
+            do_sample=False,
+            repetition_penalty=0.4,
+            eos_token_id=eos,
+            pad_token_id=eos[0],
+        )
+    row = out[0, enc["input_ids"].shape[1] :].tolist()
+    row = row[: next((i for i, t in enumerate(row) if t in eos), len(row))]
+    expected = tokenizer.decode(row, skip_special_tokens=True)
+    assert "".join(penalized) == expected != raw_continuation(model, tokenizer, PROMPTS[0], 16)
+    assert "".join(plain) == raw_continuation(model, tokenizer, PROMPTS[3], 16)

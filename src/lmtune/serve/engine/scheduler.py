@@ -257,9 +257,9 @@ class Scheduler:
             if request.cancelled.is_set():
                 tokens.append(0)
                 continue
-            token = next_token(
-                logits[row], request.options, request.prompt + request.generated, request.generator
-            )
+            penalized = request.options.repetition_penalty != 1.0  # only then is the history read
+            history = request.prompt + request.generated if penalized else []
+            token = next_token(logits[row], request.options, history, request.generator)
             tokens.append(token)
             if self._emit(request, token):
                 request.cancel()  # done: leaves at the next boundary
