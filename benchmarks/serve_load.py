@@ -136,7 +136,11 @@ def run_server(cmd: list[str], log: Path, url: str | None, levels, n: int, max_t
     try:
         url = wait_ready(proc, log, url)
         load_level(url, model, 1, 1, 4)  # warm-up
-        return [load_level(url, model, max(n, c), c, max_tokens) for c in levels]
+        done = []
+        for c in levels:
+            done.append(load_level(url, model, max(n, c), c, max_tokens))
+            print(f"  {cmd[2]} C={c}: {done[-1]}", flush=True)  # as it comes, in case of a timeout
+        return done
     finally:
         proc.terminate()
         try:
@@ -177,7 +181,7 @@ def main() -> None:
     logs.mkdir(parents=True, exist_ok=True)
     print(f"machine: {cpu_name()}; load average at start {os.getloadavg()[0]:.1f} (other jobs share it)")
     base = plain_generate(args.max_tokens, 4)
-    print(f"plain model.generate, float32, batch 1: {base:.1f} generated tokens/s")
+    print(f"plain model.generate, float32, batch 1: {base:.1f} generated tokens/s", flush=True)
     lm_cmd = [sys.executable, "-m", "lmtune.cli.app", "serve", "smollm2-135m-instruct", "--port", "0"]
     lm_cmd += ["--max-batch", str(args.max_batch), "--max-queue", "256", "--name", "smollm2"]
     rows = {"lmtune (float32)": run_server(lm_cmd, logs / "lmtune.log", None, args.concurrency,
