@@ -174,12 +174,19 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--max-batch", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="CPU threads for each side")
     parser.add_argument("--skip-llamacpp", action="store_true")
     parser.add_argument("--log-dir", default="/tmp/lmtune-serve-load")
     args = parser.parse_args()
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)  # lmtune's server inherits it
+    import torch
+
+    torch.set_num_threads(args.threads)
     logs = Path(args.log_dir)
     logs.mkdir(parents=True, exist_ok=True)
-    print(f"machine: {cpu_name()}; load average at start {os.getloadavg()[0]:.1f} (other jobs share it)")
+    print(
+        f"machine: {cpu_name()}; load average at start {os.getloadavg()[0]:.1f} (other jobs share it); {args.threads} thread(s) each side"
+    )
     base = plain_generate(args.max_tokens, 4)
     print(f"plain model.generate, float32, batch 1: {base:.1f} generated tokens/s", flush=True)
     lm_cmd = [sys.executable, "-m", "lmtune.cli.app", "serve", "smollm2-135m-instruct", "--port", "0"]
@@ -191,7 +198,7 @@ def main() -> None:
         gguf = next(Path(next(iter(spec.submodule_search_locations))).glob("*.gguf"))
         port = free_port()
         cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1"]
-        cmd += ["--port", str(port), "--n_ctx", "2048", "--n_threads", str(os.cpu_count())]
+        cmd += ["--port", str(port), "--n_ctx", "2048", "--n_threads", str(args.threads)]
         cmd += ["--model_alias", "smollm2"]
         rows[f"llama.cpp ({gguf.name.split('.')[-2]})"] = run_server(
             cmd, logs / "llamacpp.log", f"http://127.0.0.1:{port}/v1", args.concurrency,

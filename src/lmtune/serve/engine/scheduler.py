@@ -137,13 +137,16 @@ class Scheduler:
                         joining.append(self.waiting.popleft())
                     self._joining = len(joining)
                 try:
+                    prefilled: list[tuple[Request, Any, int]] = []
                     for i, request in enumerate(joining):
-                        if self.rows and self.batchable is False:  # one row at a time: the rest wait
+                        if (self.rows or prefilled) and self.batchable is False:  # one row at a time
                             with self._wake:
                                 self.waiting.extendleft(reversed(joining[i:]))
-                                self._joining = 0
+                                self._joining = len(prefilled)
                             break
-                        self._join(request)
+                        if (done := self._prefill(request)) is not None:
+                            prefilled.append(done)
+                    self._merge(prefilled)
                     self._leave_finished()
                     if self.rows:
                         self._step()
@@ -190,8 +193,9 @@ class Scheduler:
         request.tokens.put(token)
         return token in self.eos or len(request.generated) >= request.options.max_new_tokens
 
-    def _join(self, request: Request) -> None:
-        """Prefill the prompt alone, send its first token, and merge its cache into the batch."""
+    def _prefill(self, request: Request) -> tuple[Request, Any, int] | None:
+        """Run the prompt alone and send its first token: (request, its cache, its first token), or
+        None when it is already done."""
         import torch
         from transformers import DynamicCache
 
@@ -199,7 +203,7 @@ class Scheduler:
 
         if request.cancelled.is_set():
             self._left_early(request)
-            return
+            return None
         config = getattr(self.model, "config", None)
         cache = DynamicCache(config=config) if config is not None else DynamicCache()
         ids = torch.tensor([request.prompt], device=_device(self.model))
@@ -213,26 +217,39 @@ class Scheduler:
         token = next_token(logits[0], request.options, request.prompt, request.generator)
         if self._emit(request, token):
             self._left_early(request)
-            return
+            return None
         if self.batchable is None:
             self.batchable = _plain(cache)  # sliding-window or hybrid caches: rows never share a step
-        length = ids.shape[1]
-        one = torch.ones(1, length, dtype=torch.long, device=ids.device)
-        position = torch.tensor([length], device=ids.device)
-        last = torch.tensor([token], device=ids.device)
-        if not self.rows:
-            self.cache, self.mask, self.positions, self.last = cache, one, position, last
-        else:
-            width = max(self.mask.shape[1], length)
-            for mine, theirs in zip(self.cache.layers, cache.layers, strict=True):
-                mine.keys = torch.cat([_pad_left(mine.keys, width), _pad_left(theirs.keys, width)])
-                mine.values = torch.cat([_pad_left(mine.values, width), _pad_left(theirs.values, width)])
-            self.mask = torch.cat([_pad_left(self.mask, width), _pad_left(one, width)])
-            self.positions = torch.cat([self.positions, position])
-            self.last = torch.cat([self.last, last])
+        return request, cache, token
+
+    def _merge(self, prefilled: list[tuple[Request, Any, int]]) -> None:
+        """Add the newcomers' caches to the batch: every part left-padded to the widest, one
+        concatenation per layer (not one per newcomer)."""
+        import torch
+
+        if not prefilled:
+            return
+        device = _device(self.model)
+        lengths = [len(r.prompt) for r, _, _ in prefilled]
+        masks = [torch.ones(1, n, dtype=torch.long, device=device) for n in lengths]
+        positions = torch.tensor(lengths, device=device)
+        last = torch.tensor([t for _, _, t in prefilled], device=device)
+        caches = [c for _, c, _ in prefilled]
+        if self.rows:
+            caches.insert(0, self.cache)
+            masks.insert(0, self.mask)
+            positions = torch.cat([self.positions, positions])
+            last = torch.cat([self.last, last])
+        if len(caches) > 1:
+            width = max(m.shape[1] for m in masks)
+            for i, layer in enumerate(caches[0].layers):
+                layer.keys = torch.cat([_pad_left(c.layers[i].keys, width) for c in caches])
+                layer.values = torch.cat([_pad_left(c.layers[i].values, width) for c in caches])
+            masks = [torch.cat([_pad_left(m, width) for m in masks])]
+        self.cache, self.mask, self.positions, self.last = caches[0], masks[0], positions, last
         with self._wake:
-            self.rows.append(request)
-            self._joining -= 1
+            self.rows.extend(r for r, _, _ in prefilled)
+            self._joining -= len(prefilled)
 
     def _left_early(self, request: Request) -> None:
         request.tokens.put(_END)
