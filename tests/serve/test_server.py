@@ -218,7 +218,14 @@ def test_client_disconnect_mid_stream_frees_the_model(tiny_model_and_tokenizer):
     model, tokenizer = tiny_model_and_tokenizer
     slot = ModelSlot("tiny", model, tokenizer, max_batch=1, max_queue=0)
     forwards = [0]
-    hook = model.register_forward_pre_hook(lambda *_: forwards.__setitem__(0, forwards[0] + 1))
+    gate = threading.Event()  # cleared: the scheduler's next forward waits (its row cannot finish)
+    gate.set()
+
+    def count(*_):
+        forwards[0] += 1
+        gate.wait(20)
+
+    hook = model.register_forward_pre_hook(count)
     sock = bind("127.0.0.1", 0)
     url = f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
     import uvicorn
@@ -237,9 +244,13 @@ def test_client_disconnect_mid_stream_frees_the_model(tiny_model_and_tokenizer):
             with http.stream("POST", f"{url}/completions", json=body) as response:
                 assert response.status_code == 200
                 next(line for line in response.iter_lines() if line.startswith("data: "))
+                gate.clear()
                 assert slot.scheduler.active() == 1  # generating
-                with pytest.raises(openai.RateLimitError) as busy:  # max_batch 1, max_queue 0
-                    full.completions.create(model="tiny", prompt="Hi", max_tokens=2)
+                try:
+                    with pytest.raises(openai.RateLimitError) as busy:  # max_batch 1, max_queue 0
+                        full.completions.create(model="tiny", prompt="Hi", max_tokens=2)
+                finally:
+                    gate.set()
                 assert busy.value.code == "queue_full" and busy.value.response.headers["retry-after"] == "1"
             # leaving the block closes the connection with ~2000 tokens still to go
             deadline = time.monotonic() + 10
