@@ -20,7 +20,17 @@ runner = CliRunner()
 def test_serve_has_help():
     res = runner.invoke(app, ["serve", "--help"])
     assert res.exit_code == 0
-    for option in ("--host", "--port", "--api-key", "--name", "--max-tokens-limit", "--max-request-bytes"):
+    for option in (
+        "--host",
+        "--port",
+        "--api-key",
+        "--name",
+        "--max-tokens-limit",
+        "--max-request-bytes",
+        "--max-batch",
+        "--max-queue",
+        "--engine",
+    ):
         assert option in res.output
 
 
@@ -69,3 +79,13 @@ def test_banner(tiny_model_dir):
     public = banner(slots, "http://0.0.0.0:8000/v1", api_key=False, host="0.0.0.0")
     assert "warning: listening on 0.0.0.0 without --api-key" in public
     assert "warning" not in banner(slots, url, api_key=True, host="0.0.0.0")
+
+
+def test_engine_choice(tiny_model_dir):
+    import importlib.util
+
+    res = runner.invoke(app, ["serve", str(tiny_model_dir), "--engine", "tgi"])
+    assert isinstance(res.exception, ConfigError) and "choose lmtune or vllm" in str(res.exception)
+    if importlib.util.find_spec("vllm") is None:  # this machine: the hand-off explains what is missing
+        res = runner.invoke(app, ["serve", str(tiny_model_dir), "--engine", "vllm"])
+        assert isinstance(res.exception, ConfigError) and "pip install vllm" in str(res.exception)

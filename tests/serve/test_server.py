@@ -1,7 +1,8 @@
 """A real `lmtune serve` process on loopback, driven by the official `openai` client: three targets at
 once (two model folders and a LoRA run trained here), replies equal to `generate_replies` in this
 process, streaming, completions, concurrent clients, the API key. And, with uvicorn in a thread of this
-process so the lock can be watched: a client that disconnects mid-stream frees the model."""
+process so the scheduler can be watched: a client that disconnects mid-stream frees its batch row,
+and a full queue is a 429 the openai client raises as RateLimitError."""
 
 from __future__ import annotations
 
@@ -215,9 +216,16 @@ def test_a_run_directory_right_after_training(server, lora_run):
 
 def test_client_disconnect_mid_stream_frees_the_model(tiny_model_and_tokenizer):
     model, tokenizer = tiny_model_and_tokenizer
-    slot = ModelSlot("tiny", model, tokenizer)
+    slot = ModelSlot("tiny", model, tokenizer, max_batch=1, max_queue=0)
     forwards = [0]
-    hook = model.register_forward_pre_hook(lambda *_: forwards.__setitem__(0, forwards[0] + 1))
+    gate = threading.Event()  # cleared: the scheduler's next forward waits (its row cannot finish)
+    gate.set()
+
+    def count(*_):
+        forwards[0] += 1
+        gate.wait(20)
+
+    hook = model.register_forward_pre_hook(count)
     sock = bind("127.0.0.1", 0)
     url = f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
     import uvicorn
@@ -230,16 +238,25 @@ def test_client_disconnect_mid_stream_frees_the_model(tiny_model_and_tokenizer):
         while not server.started and time.monotonic() < deadline:
             time.sleep(0.05)
         body = {"model": "tiny", "prompt": "Once upon a time", "max_tokens": 2000, "stream": True}
+        full = OpenAI(base_url=url, api_key="unused", max_retries=0)
+        full.completions.create(model="tiny", prompt="Hi", max_tokens=1)  # the client's lazy imports done
         with httpx.Client(timeout=30) as http:
             with http.stream("POST", f"{url}/completions", json=body) as response:
                 assert response.status_code == 200
                 next(line for line in response.iter_lines() if line.startswith("data: "))
-                assert slot.lock.locked()  # generating
+                gate.clear()
+                assert slot.scheduler.active() == 1  # generating
+                try:
+                    with pytest.raises(openai.RateLimitError) as busy:  # max_batch 1, max_queue 0
+                        full.completions.create(model="tiny", prompt="Hi", max_tokens=2)
+                finally:
+                    gate.set()
+                assert busy.value.code == "queue_full" and busy.value.response.headers["retry-after"] == "1"
             # leaving the block closes the connection with ~2000 tokens still to go
             deadline = time.monotonic() + 10
-            while slot.lock.locked() and time.monotonic() < deadline:
+            while slot.scheduler.active() and time.monotonic() < deadline:
                 time.sleep(0.05)
-            assert not slot.lock.locked()
+            assert slot.scheduler.active() == 0
             stopped_at = forwards[0]
             time.sleep(0.3)
             assert forwards[0] == stopped_at < 1000  # generation stopped, well before max_tokens

@@ -23,16 +23,36 @@ def serve(
     ),
     max_tokens_limit: int = typer.Option(2048, min=1, help="Most tokens one request may generate."),
     max_request_bytes: int = typer.Option(1_000_000, min=1, help="Largest request body accepted, in bytes."),
+    max_batch: int = typer.Option(
+        16, min=1, help="Most requests generating together per model (continuous batching)."
+    ),
+    max_queue: int = typer.Option(
+        64, min=0, help="Most requests waiting for a batch row per model; beyond that: HTTP 429."
+    ),
+    engine: str = typer.Option(
+        "lmtune", help="lmtune (batching engine, runs anywhere) or vllm (hand the targets to vLLM's server)."
+    ),
+    merged_dir: str | None = typer.Option(
+        None, help="--engine vllm: folder for the merged model when a run must be merged first."
+    ),
 ) -> None:
     """Serve models over HTTP with OpenAI's API: /v1/models, /v1/chat/completions, /v1/completions."""
+    from lmtune.errors import ConfigError
     from lmtune.serve.server import load_slots
     from lmtune.serve.server import serve as run_server
 
     if api_key is not None and not api_key.strip():
-        from lmtune.errors import ConfigError
-
         raise ConfigError("--api-key is empty: give a key, or leave the option out.")
-    slots = load_slots(targets, name)
+    if engine not in ("lmtune", "vllm"):
+        raise ConfigError(f"--engine {engine!r}: choose lmtune or vllm.")
+    if engine == "vllm":
+        from lmtune.serve.engine.vllm import plan_vllm, run_vllm
+
+        plan = plan_vllm(
+            targets, name, host=host, port=port, api_key=api_key, max_batch=max_batch, merged_dir=merged_dir
+        )
+        raise typer.Exit(run_vllm(plan, echo=typer.echo))
+    slots = load_slots(targets, name, max_batch=max_batch, max_queue=max_queue)
     run_server(
         slots,
         host=host,

@@ -262,7 +262,6 @@ def stream_tokens(
     streamer = _token_queue()
     cancel = threading.Event()
     errors: list[BaseException] = []
-    lock = decode_lock if decode_lock is not None else contextlib.nullcontext()
 
     class _Cancel(StoppingCriteria):
         def __call__(self, input_ids: Any, scores: Any, **_: Any) -> Any:
@@ -289,36 +288,70 @@ def stream_tokens(
         torch.manual_seed(options.seed)  # process-wide, so the worker thread samples from it
     thread = threading.Thread(target=work, daemon=True)
     thread.start()
-    generated: list[int] = []
-    full, sent, finish = "", 0, "length"  # raw text so far; characters of the reply already yielded
+    reply = ReplyText(tokenizer, eos, stop, strip=strip, decode_lock=decode_lock)
     try:
         while (token := streamer.ids.get()) is not None:
-            if token in eos:
-                finish = "stop"
+            piece = reply.push(token)
+            if piece:
+                yield piece
+            if reply.finish is not None:
                 break
-            generated.append(token)
-            with lock:
-                full = tokenizer.decode(generated, skip_special_tokens=True)
-            if full.endswith("\ufffd"):  # a character split across tokens: wait for the rest
-                continue
-            if stop and cut_at_stop(full, stop) != full:
-                finish = "stop"
-                break
-            lead = len(full) - len(full.lstrip()) if strip else 0
-            safe = len(full) - _held_back(full, stop)
-            if strip:  # whitespace before a held-back partial stop string may end the reply
-                safe = len(full[:safe].rstrip())
-            if safe > lead + sent:
-                yield full[lead + sent : safe]
-                sent = safe - lead
         if errors:
             raise errors[0]
-        final = cut_at_stop(full, stop)
-        final = final.strip() if strip else final
-        if len(final) > sent:
-            yield final[sent:]
+        if rest := reply.close():
+            yield rest
         if outcome is not None:
-            outcome.completion_tokens, outcome.finish_reason = len(generated), finish
+            outcome.completion_tokens, outcome.finish_reason = len(reply.generated), reply.finish
     finally:
         cancel.set()
         thread.join()
+
+
+class ReplyText:
+    """Token ids in, reply text out, as soon as it cannot change any more (the streaming rules of
+    `stream_tokens`, shared with the server's batching engine).
+
+    Text that might be the start of a stop string (and, with `strip`, trailing whitespace) is held
+    back until it is known not to be cut; a character split across tokens waits for its rest.
+    `finish` becomes "stop" at an end token or a stop string; the caller then stops feeding tokens.
+    `decode_lock` guards a tokenizer shared with other threads.
+    """
+
+    def __init__(
+        self, tokenizer: Any, eos: Any, stop: Sequence[str], *, strip: bool, decode_lock: Any = None
+    ) -> None:
+        self.tokenizer, self.eos, self.stop, self.strip = tokenizer, set(eos), [s for s in stop if s], strip
+        self.lock = decode_lock if decode_lock is not None else contextlib.nullcontext()
+        self.generated: list[int] = []
+        self.full, self.sent = "", 0  # raw text so far; characters of the reply already given out
+        self.finish: str | None = None
+
+    def push(self, token: int) -> str:
+        """The new piece of reply text this token makes safe to show ("" if none yet)."""
+        if token in self.eos:
+            self.finish = "stop"
+            return ""
+        self.generated.append(token)
+        with self.lock:
+            self.full = full = self.tokenizer.decode(self.generated, skip_special_tokens=True)
+        if full.endswith("\ufffd"):  # a character split across tokens: wait for the rest
+            return ""
+        if self.stop and cut_at_stop(full, self.stop) != full:
+            self.finish = "stop"
+            return ""
+        lead = len(full) - len(full.lstrip()) if self.strip else 0
+        safe = len(full) - _held_back(full, self.stop)
+        if self.strip:  # whitespace before a held-back partial stop string may end the reply
+            safe = len(full[:safe].rstrip())
+        if safe > lead + self.sent:
+            piece = full[lead + self.sent : safe]
+            self.sent = safe - lead
+            return piece
+        return ""
+
+    def close(self) -> str:
+        """The rest of the reply once generation has ended (finish defaults to "length")."""
+        self.finish = self.finish or "length"
+        final = cut_at_stop(self.full, self.stop)
+        final = final.strip() if self.strip else final
+        return final[self.sent :] if len(final) > self.sent else ""

@@ -1,9 +1,10 @@
 """The FastAPI app: /v1/models, /v1/chat/completions and /v1/completions, with OpenAI's shapes.
 
-Routes are plain `def`s, so FastAPI runs each in its thread pool; a generation blocks only its own
-thread, and waits on its model's lock (engine.ModelSlot). A stream is an event generator that
-holds the lock while it runs; `_EventStream` closes it however the response ends (finished, failed,
-or the client went away), which cancels generation at the next token and frees the model.
+Routes are plain `def`s, so FastAPI runs each in its thread pool; a request thread queues its
+generation with the model's scheduler (engine/, continuous batching) and reads the reply as it comes.
+A full queue is 429 (with Retry-After) before anything is sent. `_EventStream` closes a stream's reply
+however the response ends (finished, failed, or the client went away), which frees its batch row at
+the next decoding step.
 
 Every error, including FastAPI's own validation errors and unknown routes, is OpenAI's
 `{"error": {"message", "type", "param", "code"}}` body, so OpenAI clients raise the right exception.
@@ -12,7 +13,7 @@ Every error, including FastAPI's own validation errors and unknown routes, is Op
 from __future__ import annotations
 
 import hmac
-from collections.abc import AsyncIterator, Generator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import closing
 from typing import Any
 
@@ -25,7 +26,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lmtune.errors import LmtuneError
-from lmtune.serve.engine import ModelSlot, Outcome
+from lmtune.serve.engine import ModelSlot, Outcome, QueueFull, Reply
 from lmtune.serve.protocol import (
     APIError,
     ChatRequest,
@@ -86,8 +87,9 @@ def create_app(
         )
         meta = {"id": new_id("chatcmpl"), "created": now(), "model": slot.id}
         if request.stream:
-            return _EventStream(_chat_events(pieces, outcome, meta, request.include_usage()))
-        text = "".join(pieces)
+            return _EventStream(_chat_events(pieces, outcome, meta, request.include_usage()), pieces)
+        with closing(pieces):
+            text = "".join(pieces)
         choice = {
             "index": 0,
             "message": {"role": "assistant", "content": text},
@@ -109,9 +111,11 @@ def create_app(
         outcome, pieces = _start(slot, request, prompt_ids, max_tokens_limit, default=16, strip=False)
         meta = {"id": new_id("cmpl"), "created": now(), "model": slot.id}
         if request.stream:
-            return _EventStream(_completion_events(pieces, outcome, meta, request.include_usage()))
+            return _EventStream(_completion_events(pieces, outcome, meta, request.include_usage()), pieces)
+        with closing(pieces):
+            text = "".join(pieces)
         choice = {
-            "text": "".join(pieces),
+            "text": text,
             "index": 0,
             "logprobs": None,
             "finish_reason": outcome.finish_reason,
@@ -138,7 +142,7 @@ def _check_supported(request: SamplingRequest) -> None:
 
 def _start(
     slot: ModelSlot, request: SamplingRequest, prompt_ids: list[int], limit: int, *, default: int, strip: bool
-) -> tuple[Outcome, Generator[str, None, None]]:
+) -> tuple[Outcome, Reply]:
     """The token budget checked against the server's limit and the model's context, then the (not yet
     started) generation. An explicit max_tokens that does not fit is an error; the default shrinks."""
     asked = request.requested_tokens()
@@ -166,12 +170,20 @@ def _start(
     except LmtuneError as err:
         raise APIError(400, str(err)) from err
     outcome = Outcome(prompt_tokens=len(prompt_ids))
-    return outcome, slot.generate(prompt_ids, options, strip=strip, outcome=outcome)
+    try:
+        return outcome, slot.generate(prompt_ids, options, strip=strip, outcome=outcome)
+    except QueueFull:
+        scheduler = slot.scheduler
+        raise APIError(
+            429,
+            f"The server is busy: {scheduler.max_batch} requests are generating and {scheduler.max_queue} "
+            "are waiting (lmtune serve --max-batch / --max-queue). Retry shortly.",
+            code="queue_full",
+            type="rate_limit_error",
+        ) from None
 
 
-def _chat_events(
-    pieces: Generator[str, None, None], outcome: Outcome, meta: dict[str, Any], include_usage: bool
-) -> Iterator[str]:
+def _chat_events(pieces: Reply, outcome: Outcome, meta: dict[str, Any], include_usage: bool) -> Iterator[str]:
     def chunk(delta: dict[str, Any], finish: str | None = None) -> str:
         choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
         extra = {"usage": None} if include_usage else {}
@@ -193,7 +205,7 @@ def _chat_events(
 
 
 def _completion_events(
-    pieces: Generator[str, None, None], outcome: Outcome, meta: dict[str, Any], include_usage: bool
+    pieces: Reply, outcome: Outcome, meta: dict[str, Any], include_usage: bool
 ) -> Iterator[str]:
     def chunk(text: str, finish: str | None = None) -> str:
         choice = {"text": text, "index": 0, "logprobs": None, "finish_reason": finish}
@@ -217,13 +229,13 @@ def _completion_events(
 class _EventStream(StreamingResponse):
     """Server-sent events from a blocking generator, stepped in worker threads and always closed.
 
-    Closing matters: the generator holds its model's lock. Starlette stops iterating when the client
+    Closing matters: the reply holds a row of its model's batch. Starlette stops iterating when the client
     disconnects but does not close a generator; this response closes it at the end of `__call__`,
     after any `next` in flight has returned.
     """
 
-    def __init__(self, events: Iterator[str]) -> None:
-        self.events = events
+    def __init__(self, events: Iterator[str], reply: Reply) -> None:
+        self.events, self.reply = events, reply
         headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
         super().__init__(self._step(), media_type="text/event-stream", headers=headers)
 
@@ -236,9 +248,10 @@ class _EventStream(StreamingResponse):
             await super().__call__(scope, receive, send)
         finally:
             close = getattr(self.events, "close", None)
-            if close is not None:
-                with anyio.CancelScope(shield=True):
+            with anyio.CancelScope(shield=True):
+                if close is not None:
                     await anyio.to_thread.run_sync(close)
+                self.reply.close()  # also when the events never started (the client left at once)
 
 
 class _Guard:
@@ -293,6 +306,8 @@ class _Guard:
 
 def _error_response(error: APIError) -> JSONResponse:
     headers = {"WWW-Authenticate": "Bearer"} if error.status == 401 else None
+    if error.status == 429:
+        headers = {"Retry-After": "1"}
     return JSONResponse(error.body(), status_code=error.status, headers=headers)
 
 

@@ -11,14 +11,24 @@ import ipaddress
 import json
 import socket
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from lmtune.errors import ConfigError
 from lmtune.serve.engine import ModelSlot
+from lmtune.serve.engine.slot import DEFAULT_MAX_BATCH, DEFAULT_MAX_QUEUE
 
 
-def load_slots(targets: Sequence[str], names: Sequence[str] | None = None) -> list[ModelSlot]:
-    """Each target loaded once; its id is its --name, else the run directory's or model's name."""
+def load_slots(
+    targets: Sequence[str],
+    names: Sequence[str] | None = None,
+    *,
+    max_batch: int = DEFAULT_MAX_BATCH,
+    max_queue: int = DEFAULT_MAX_QUEUE,
+) -> list[ModelSlot]:
+    """Each target loaded once; its id is its --name, else the run directory's or model's name.
+    LoRA runs on one base share one copy of it and one batch (engine/adapters.py)."""
     from lmtune.run.load import load_target, require_generative
+    from lmtune.serve.engine.adapters import adapter_bytes, add_adapter, group_targets
 
     names = list(names or [])
     if names and len(names) != len(targets):
@@ -29,16 +39,60 @@ def load_slots(targets: Sequence[str], names: Sequence[str] | None = None) -> li
         raise ConfigError("A --name cannot be empty.")
     for target in targets:  # before loading anything: a classification run cannot write text
         require_generative(target, "serve")
-    slots: list[ModelSlot] = []
-    for i, target in enumerate(targets):
-        loaded = load_target(target, quiet=True)
-        model_id = names[i] if names else loaded.name
-        if any(s.id == model_id for s in slots):
-            raise ConfigError(
-                f"Two targets would both be served as model {model_id!r}: give each a --name, in order."
+    found: dict[int, ModelSlot] = {}
+    for group in group_targets(list(targets)):
+        first = group.targets[0]
+        loaded = load_target(targets[first], quiet=True)
+        shared = len(group.targets) > 1
+        slot = ModelSlot(
+            names[first] if names else loaded.name,
+            loaded.model,
+            loaded.tokenizer,
+            source=targets[first],
+            adapter="default" if shared else None,
+            max_batch=max_batch,
+            max_queue=max_queue,
+        )
+        found[first] = slot
+        if not shared:
+            continue
+        slot.note = f"  (LoRA; base loaded once, adapter {_mib(adapter_bytes(loaded.model, 'default'))})"
+        for i in group.targets[1:]:
+            name = f"adapter{i}"
+            added = add_adapter(loaded.model, targets[i], name)
+            other = ModelSlot(
+                names[i] if names else Path(targets[i]).name,
+                loaded.model,
+                _run_tokenizer(targets[i]),
+                source=targets[i],
+                scheduler=slot.scheduler,
+                adapter=name,
             )
-        slots.append(ModelSlot(model_id, loaded.model, loaded.tokenizer, source=target))
+            other.note = f"  (LoRA on {slot.id}'s base: +{_mib(added)})"
+            found[i] = other
+    slots: list[ModelSlot] = []
+    for i in range(len(targets)):
+        if any(s.id == found[i].id for s in slots):
+            raise ConfigError(
+                f"Two targets would both be served as model {found[i].id!r}: give each a --name, in order."
+            )
+        slots.append(found[i])
     return slots
+
+
+def _run_tokenizer(run_dir: str) -> object:
+    """The tokenizer (and chat template) a run directory saved: the one it was trained with."""
+    from lmtune.models.load import load_tokenizer
+    from lmtune.models.resolve import ModelRef
+
+    path = Path(run_dir)
+    return load_tokenizer(
+        ModelRef(spec=run_dir, kind="folder", path=run_dir, gguf_file=None, display=path.name)
+    )
+
+
+def _mib(size: int) -> str:
+    return f"{size / 2**20:.2f} MiB"
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -77,7 +131,9 @@ def banner(slots: Sequence[ModelSlot], base_url: str, *, api_key: bool, host: st
     """What the user reads at startup: the models, the URL, and a curl and an openai-client call."""
     width = max(len(s.id) for s in slots)
     lines = [f"Serving {len(slots)} model(s) at {base_url} (OpenAI-compatible API; Ctrl+C stops):"]
-    lines += [f"  {s.id:<{width}}  <- {s.source}" for s in slots]
+    lines += [f"  {s.id:<{width}}  <- {s.source}{s.note}" for s in slots]
+    batch = slots[0].scheduler
+    lines.append(f"Batching up to {batch.max_batch} requests per model; up to {batch.max_queue} more wait.")
     body = json.dumps({"model": slots[0].id, "messages": [{"role": "user", "content": "Hello!"}]})
     auth = ' -H "Authorization: Bearer $LMTUNE_API_KEY"' if api_key else ""
     key = "YOUR_KEY" if api_key else "unused"
