@@ -293,7 +293,7 @@ class RewardFn:
         if values is None or len(values) != len(completions):
             raise RewardError(
                 f"reward '{self.__name__}' ({self.spec}) returned {type(out).__name__} "
-                f"{str(out)[:80]!r}; it must return one number (or None) per completion, a list of "
+                f"{str(out)[:80]}; it must return one number (or None) per completion, a list of "
                 f"{len(completions)} here"
             )
         return values
