@@ -108,6 +108,7 @@ def test_grpo_run_writes_curves_samples_adapter_and_held_out_scores(grpo_run):
         assert s["rewards"]["think_format"] == 0.0  # a random model writes no <think> block
     assert (run / "completions.md").read_text().startswith("## step 1")
     assert (run / "rewards.png").stat().st_size > 0
+    assert json.loads((run / "held_out.json").read_text()) == result.summary["held_out"]
     assert (run / "adapter_model.safetensors").is_file()
     marker = json.loads((run / "lmtune_run.json").read_text())
     assert marker["task"] == "grpo" and marker["rl_algorithm"] == "grpo"

@@ -27,6 +27,7 @@ from lmtune.config.schema import RunConfig
 from lmtune.errors import ConfigError
 from lmtune.rl.data import read_prompts, split, to_dataset
 from lmtune.rl.rewards import RECORD_COLUMN, Recorder, RewardFn, build_rewards
+from lmtune.run.layout import write_json
 from lmtune.train.session import RunResult, Session
 
 # Prompt learning puts virtual tokens in front of the input; TRL's generation and log-prob passes
@@ -49,6 +50,8 @@ def run(cfg: RunConfig, *, resume: bool = False, console: Any = None) -> RunResu
     model = s.load_model()
     before_checks = s.evaluation(model, tokenizer, when="before")
     before = held_out_scores(s, model, tokenizer, rewards, val) if val and not resume else None
+    if before is not None:  # kept at once: a long run stopped early still has its starting point
+        write_json(s.run.root / "held_out.json", {"before": before})
     model = s.prepare(model)
 
     trainer = build_trainer(s, model, tokenizer, to_dataset(train, RECORD_COLUMN), rewards, recorder)
@@ -63,6 +66,7 @@ def run(cfg: RunConfig, *, resume: bool = False, console: Any = None) -> RunResu
     summary["rewards"] = reward_curve(s.metrics.history if s.metrics else [], rewards)
     if before is not None or after is not None:
         summary["held_out"] = {"before": before, "after": after}
+        write_json(s.run.root / "held_out.json", summary["held_out"])
         show_held_out(s.console, before, after)
     summary["eval"] = s.evaluation_summary(before_checks, after_checks)
     if s.metrics is not None:
