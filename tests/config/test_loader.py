@@ -96,7 +96,7 @@ def test_reference_covers_every_field():
     ref = config_reference()
     for section, sfield in RunConfig.model_fields.items():
         if section == "task":
-            assert '| `task` | sft, pretrain, classification, preference | `"sft"` |' in ref
+            assert '| `task` | sft, pretrain, classification, preference, grpo, rloo | `"sft"` |' in ref
             continue
         assert f"## {section}" in ref
         for name in sfield.annotation.model_fields:

@@ -64,6 +64,13 @@ def eval(  # noqa: A001 - the command is called eval
     ),
     lm_eval_limit: int | None = typer.Option(None, min=1, help="lm-eval: documents per task."),
     lm_eval_fewshot: int | None = typer.Option(None, min=0, help="lm-eval: few-shot examples."),
+    rewards: str | None = typer.Option(
+        None,
+        "--rewards",
+        help="Score greedy answers to the --data prompts with reward functions: 'run' (the grpo/rloo run's "
+        "rl.rewards) or a comma list (numeric_match, think_format, module:function, file.py:function). "
+        "Baseline: --baseline, else the run's base model.",
+    ),
 ) -> None:
     """Score a model on your records (loss, exact match, BLEU/ROUGE, accuracy/F1, speed), optionally
     against a baseline, and write eval/<name>.json plus a report."""
@@ -73,6 +80,10 @@ def eval(  # noqa: A001 - the command is called eval
     from lmtune.eval.runner import EvalRequest, run_eval
     from lmtune.infer.generate import GenerationOptions
 
+    if rewards is not None:
+        return _reward_eval(
+            target, data, rewards, baseline, max_new_tokens, batch_size, limit, seed, out, name
+        )
     formats = tuple(dict.fromkeys(f.strip() for f in report.split(",") if f.strip()))
     if not formats or set(formats) - {"md", "html"}:
         raise ConfigError(f"--report {report!r}: choose md, html or md,html")
@@ -107,6 +118,58 @@ def eval(  # noqa: A001 - the command is called eval
     )
     print_outcome(outcome.doc, console)
     for path in outcome.written:
+        typer.echo(f"Wrote {path}")
+
+
+def _reward_eval(
+    target: str,
+    data: Path | None,
+    rewards: str,
+    baseline: str | None,
+    max_new_tokens: int,
+    batch_size: int,
+    limit: int | None,
+    seed: int,
+    out: Path | None,
+    name: str | None,
+) -> None:
+    """`--rewards`: mean reward and accuracy per model (lmtune.rl.evaluate)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from lmtune.rl.evaluate import run_reward_eval
+
+    if data is None:
+        raise ConfigError(
+            "--rewards needs --data: a prompt file (prompt or messages, plus the columns the rewards read)"
+        )
+    console = Console(stderr=True)
+    specs = None if rewards.strip() == "run" else _split(rewards)
+    doc, written = run_reward_eval(
+        target,
+        str(data),
+        specs=specs,
+        baseline=baseline,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        limit=limit,
+        seed=seed,
+        out_dir=str(out) if out else None,
+        name=name,
+        console=console,
+    )
+    roles = [r for r in ("target", "baseline") if r in doc]
+    table = Table(title=f"Rewards: {doc['name']} ({doc['prompts']} prompts)")
+    table.add_column("metric")
+    for r in roles:
+        table.add_column(doc[r]["model"])
+    for key in doc["target"]["metrics"]:
+        table.add_row(
+            key,
+            *(f"{doc[r]['metrics'][key]:.4f}" if doc[r]["metrics"][key] is not None else "-" for r in roles),
+        )
+    console.print(table)
+    for path in written:
         typer.echo(f"Wrote {path}")
 
 

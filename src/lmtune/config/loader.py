@@ -162,6 +162,10 @@ def resolve_paths(cfg: RunConfig, base: Path) -> RunConfig:
     for entry in cfg.data.datasets:
         entry.path = fix(entry.path)
     cfg.eval.path = fix(cfg.eval.path)
+    for reward in cfg.rl.rewards:  # path/to/rewards.py:function is relative to the config file too
+        file, sep, func = reward.reward.rpartition(":")
+        if sep and file.endswith(".py"):
+            reward.reward = f"{fix(file)}:{func}"
     return cfg
 
 

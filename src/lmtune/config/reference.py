@@ -8,7 +8,7 @@ from typing import Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel
 
-from lmtune.config.schema import DatasetEntry, RunConfig
+from lmtune.config.schema import DatasetEntry, RewardEntry, RunConfig
 
 
 def _type_name(ann) -> str:
@@ -25,6 +25,8 @@ def _type_name(ann) -> str:
 
 
 def _default(field) -> str:
+    if field.is_required():
+        return "required"
     if field.default_factory is not None:
         return json.dumps(field.default_factory())
     return json.dumps(field.default)
@@ -49,6 +51,10 @@ def config_reference(*, title: bool = True, level: int = 2) -> str:
                 f"{'#' * (level + 1)} data.datasets entries",
                 DatasetEntry.model_fields.items(),
                 "data.datasets[].",
+            )
+        if section == "rl":
+            out += _table(
+                f"{'#' * (level + 1)} rl.rewards entries", RewardEntry.model_fields.items(), "rl.rewards[]."
             )
     return "\n".join(out)
 
