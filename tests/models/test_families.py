@@ -22,16 +22,10 @@ from lmtune.train.runner import train
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 PROMPT = [{"role": "user", "content": "What is 2 plus 3?"}]
 CHATS = [PROMPT, [{"role": "user", "content": "Name three colours."}], [{"role": "user", "content": "Hi"}]]
-# DeepSeek-R1-Distill's generation prompt opens <think>, which the rendered conversation does not hold,
-# so its own template is not prefix-stable and masking refuses the records today (tokenize/masking.py);
-# alpaca (ends answers with the model's own EOS) trains it meanwhile. ChatML needs <|im_end|>.
-DATA_TEMPLATE = {"deepseek": "alpaca"}
 
 
 def run_config(family: str, model_dir, data, out, method: dict):
     data_section = {"path": str(data), "max_length": 64}
-    if family in DATA_TEMPLATE:
-        data_section["template"] = DATA_TEMPLATE[family]
     return validate_config(
         {
             "model": {"name": str(model_dir)},

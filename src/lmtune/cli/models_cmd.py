@@ -49,13 +49,13 @@ def list_cmd(
             row["lora_targets"] = list(LORA_TARGETS.get(fam.model_type, ())) or "all-linear"
         typer.echo(json.dumps(rows, indent=2))
         return
-    style = {"yes": "green", "one-turn": "cyan", "no": "red", "refused": "yellow", "untested": "dim"}
+    style = {"yes": "green", "no": "red", "refused": "yellow", "untested": "dim"}
     table = Table(title="Model families (lmtune models list; details in docs/models.md)")
     for col in ("family", "model_type", *COLUMNS):
-        table.add_column(col)
+        table.add_column(col, no_wrap=True)
     for family, model_type, *marks in support_rows():
         table.add_row(family, model_type, *(f"[{style.get(m, 'default')}]{m}[/]" for m in marks))
-    Console(highlight=False).print(table)
+    Console(highlight=False, width=max(Console().width, 110)).print(table)
 
 
 @app.command("import-gguf")

@@ -57,7 +57,6 @@ IA3_TARGETS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 
 # Verification states in the support table (docs/models.md explains each).
 YES, NO, REFUSED, UNTESTED = "yes", "no", "refused", "untested"
-ONE_TURN = "one-turn"  # masking checked on one-turn user/assistant records only
 
 
 @dataclass(frozen=True)
@@ -121,25 +120,23 @@ TEMPLATE_QUIRKS: dict[str, tuple[str, ...]] = {
 # (onnxruntime = torch). masking is per template and lives with tokenize/masking.py's tests.
 COLUMNS = ("train", "chat", "masking", "merge", "gguf", "onnx")
 # Where the values come from: train / chat / merge / onnx: tests/models/test_families.py (and for SmolLM2
-# tests/methods, tests/export, tests/infer). masking: tests/tokenize (multi-turn: SmolLM2's ChatML and the
-# Qwen2.5 template) and the one-turn records of test_families.py. gguf: export/gguf_arch.py's converter
-# writes llama, mistral (as llama) and qwen2 and refuses the others with a sentence ("no"); only SmolLM2
-# and a tiny Qwen2 are read back in tests/export/test_gguf.py; the per-family check in real llama.cpp is
-# in progress (issue 16), so "untested" marks the architectures the converter writes but nobody ran.
+# tests/methods, tests/export, tests/infer). masking: tests/tokenize/test_family_masking.py (multi-turn
+# records with a system turn, a weight-0 answer, Chinese text and reasoning, against an independent
+# re-rendering). gguf: tests/export/test_gguf_families.py runs each exported file in real llama.cpp.
 VERIFIED: dict[str, dict[str, str]] = {
     "qwen2": dict(train=YES, chat=YES, masking=YES, merge=YES, gguf=YES, onnx=YES),
-    "qwen3": dict(train=YES, chat=YES, masking=ONE_TURN, merge=YES, gguf=NO, onnx=YES),
-    "qwen3_moe": dict(train=YES, chat=YES, masking=ONE_TURN, merge=YES, gguf=NO, onnx=REFUSED),
-    "llama3": dict(train=YES, chat=YES, masking=ONE_TURN, merge=YES, gguf=UNTESTED, onnx=YES),
-    "mistral": dict(train=YES, chat=YES, masking=ONE_TURN, merge=YES, gguf=UNTESTED, onnx=YES),
-    "mixtral": dict(train=YES, chat=YES, masking=ONE_TURN, merge=YES, gguf=NO, onnx=REFUSED),
-    "gemma2": dict(train=YES, chat=YES, masking=ONE_TURN, merge=YES, gguf=NO, onnx=YES),
-    "gemma3": dict(train=YES, chat=YES, masking=ONE_TURN, merge=YES, gguf=NO, onnx=YES),
-    "phi3": dict(train=YES, chat=YES, masking=ONE_TURN, merge=YES, gguf=NO, onnx=YES),
-    "deepseek": dict(train=YES, chat=YES, masking=NO, merge=YES, gguf=UNTESTED, onnx=YES),
+    "qwen3": dict(train=YES, chat=YES, masking=YES, merge=YES, gguf=YES, onnx=YES),
+    "qwen3_moe": dict(train=YES, chat=YES, masking=YES, merge=YES, gguf=YES, onnx=REFUSED),
+    "llama3": dict(train=YES, chat=YES, masking=YES, merge=YES, gguf=YES, onnx=YES),
+    "mistral": dict(train=YES, chat=YES, masking=YES, merge=YES, gguf=YES, onnx=YES),
+    "mixtral": dict(train=YES, chat=YES, masking=YES, merge=YES, gguf=YES, onnx=REFUSED),
+    "gemma2": dict(train=YES, chat=YES, masking=YES, merge=YES, gguf=YES, onnx=YES),
+    "gemma3": dict(train=YES, chat=YES, masking=YES, merge=YES, gguf=YES, onnx=YES),
+    "phi3": dict(train=YES, chat=YES, masking=YES, merge=YES, gguf=YES, onnx=YES),
+    "deepseek": dict(train=YES, chat=YES, masking=YES, merge=YES, gguf=YES, onnx=YES),
     "smollm2": dict(train=YES, chat=YES, masking=YES, merge=YES, gguf=YES, onnx=YES),
-    "smollm3": dict(train=UNTESTED, chat=UNTESTED, masking=UNTESTED, merge=UNTESTED, gguf=NO, onnx=UNTESTED),
-    "granite": dict(train=UNTESTED, chat=UNTESTED, masking=UNTESTED, merge=UNTESTED, gguf=NO, onnx=UNTESTED),
+    "smollm3": dict(train=UNTESTED, chat=UNTESTED, masking=YES, merge=UNTESTED, gguf=NO, onnx=UNTESTED),
+    "granite": dict(train=UNTESTED, chat=UNTESTED, masking=YES, merge=UNTESTED, gguf=NO, onnx=UNTESTED),
 }
 
 
