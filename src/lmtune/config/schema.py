@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+from lmtune.config.distributed import DISTRIBUTED_STRATEGIES, DistributedSection  # noqa: F401 (re-export)
+from lmtune.config.rl import RL_BUILTIN_REWARDS, RewardEntry, RLSection  # noqa: F401 (re-export)
+from lmtune.config.section import Section
 
 
 class ModelSection(Section):
@@ -453,122 +453,6 @@ class PreferenceSection(Section):
     )
 
 
-# Rewards lmtune ships (lmtune.rl.rewards); anything else is `module:function` or `path/to/file.py:function`.
-RL_BUILTIN_REWARDS = ("exact_match", "numeric_match", "think_format", "regex", "length_penalty")
-
-
-class RewardEntry(Section):
-    """One reward function of `rl.rewards`, with its weight and the options a built-in reads."""
-
-    reward: str = Field(
-        description="A built-in (exact_match, numeric_match, think_format, regex, length_penalty), "
-        "module:function (importable), or path/to/rewards.py:function (relative to the config file). "
-        "A function takes TRL's arguments: completions, prompts, the data's other columns as keyword "
-        "lists, **kwargs; it returns one float (or None) per completion."
-    )
-    weight: float = Field(
-        1.0, description="Weight of this reward in the sum the advantages are computed from."
-    )
-    name: str | None = Field(None, description="Name in metrics and plots; default the function's name.")
-    column: str | None = Field(
-        None,
-        description="exact_match / numeric_match: the data column holding the reference answer (default answer).",
-    )
-    pattern: str | None = Field(
-        None, description="regex: the pattern a completion must contain (re.search, DOTALL)."
-    )
-    max_tokens: int | None = Field(
-        None,
-        ge=1,
-        description="length_penalty: completions longer than this many tokens lose (tokens over) / max_tokens, at most 1.",
-    )
-
-    @model_validator(mode="before")
-    @classmethod
-    def _plain_string(cls, data: Any) -> Any:
-        return {"reward": data} if isinstance(data, str) else data
-
-    @model_validator(mode="after")
-    def _known_reward(self) -> RewardEntry:
-        import difflib
-        import re
-
-        if ":" not in self.reward and self.reward not in RL_BUILTIN_REWARDS:
-            close = difflib.get_close_matches(self.reward, RL_BUILTIN_REWARDS, n=1)
-            raise ValueError(
-                f"unknown reward '{self.reward}'"
-                + (f" (did you mean {close[0]}?)" if close else "")
-                + f"; built-ins are {', '.join(RL_BUILTIN_REWARDS)}, or give module:function or "
-                "path/to/rewards.py:function"
-            )
-        own = {"exact_match": {"column"}, "numeric_match": {"column"}, "regex": {"pattern"}}
-        own["length_penalty"] = {"max_tokens"}
-        for key in ("column", "pattern", "max_tokens"):
-            if getattr(self, key) is not None and key not in own.get(self.reward, set()):
-                users = [r for r, keys in own.items() if key in keys]
-                raise ValueError(
-                    f"rl.rewards: {key} applies to the {' and '.join(users)} reward(s), not {self.reward}"
-                )
-        if self.reward == "regex":
-            if not self.pattern:
-                raise ValueError(
-                    "the regex reward needs pattern: the regular expression a completion should contain"
-                )
-            try:
-                re.compile(self.pattern)
-            except re.error as err:
-                raise ValueError(
-                    f"rl.rewards: pattern {self.pattern!r} is not a valid regular expression: {err}"
-                ) from None
-        if self.reward == "length_penalty" and self.max_tokens is None:
-            raise ValueError(
-                "the length_penalty reward needs max_tokens: the length beyond which it penalises"
-            )
-        return self
-
-
-class RLSection(Section):
-    rewards: list[RewardEntry] = Field(
-        default_factory=list,
-        description="grpo/rloo: the reward functions, each a built-in name or {reward, weight, name, column, "
-        "pattern, max_tokens}; the weighted sum is the reward each sampled answer gets.",
-    )
-    num_generations: int = Field(
-        4,
-        ge=2,
-        description="Answers sampled per prompt (the group compared with each other). train.batch_size x "
-        "train.grad_accum counts answers and must be a multiple of it.",
-    )
-    max_completion_length: int = Field(128, ge=1, description="Longest sampled answer, in tokens.")
-    temperature: float = Field(1.0, gt=0, description="Sampling temperature of the answers.")
-    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass of the answers.")
-    beta: float | None = Field(
-        None,
-        ge=0,
-        description="KL coefficient against the starting model; null: TRL's default (grpo 0.0, no reference "
-        "model; rloo 0.05). With LoRA the reference is the base with the adapter off (no second copy).",
-    )
-    num_iterations: int = Field(
-        1, ge=1, description="Optimisation passes over each batch of sampled answers."
-    )
-    epsilon: float = Field(0.2, gt=0, description="Clipping range of the policy ratio.")
-    use_vllm: bool = Field(
-        False,
-        description="Sample the answers with vLLM (CUDA, vllm installed) instead of transformers' generate.",
-    )
-    vllm_mode: Literal["colocate", "server"] = Field(
-        "colocate", description="colocate: vLLM in the training process; server: a running `trl vllm-serve`."
-    )
-    vllm_gpu_memory_utilization: float = Field(
-        0.3, gt=0, le=1, description="colocate: the share of GPU memory vLLM may take."
-    )
-    log_completions: int = Field(
-        4,
-        ge=0,
-        description="Sampled answers (with their rewards) written to completions.jsonl/.md per logging step.",
-    )
-
-
 class EvalSection(Section):
     path: str | None = Field(
         None,
@@ -600,107 +484,6 @@ class OutputSection(Section):
     dir: str | None = Field(None, description="Run directory; default runs/<name>.")
     name: str | None = Field(None, description="Run name; default: the config file's name.")
     overwrite: bool = Field(False, description="Allow writing into a non-empty run directory.")
-
-
-DISTRIBUTED_STRATEGIES = ("auto", "none", "ddp", "fsdp", "deepspeed")
-
-
-class DistributedSection(Section):
-    strategy: Literal[DISTRIBUTED_STRATEGIES] = Field(  # type: ignore[valid-type]
-        "auto",
-        description="How several processes (torchrun, accelerate launch, lmtune train --nproc) share the "
-        "work. auto: ddp when WORLD_SIZE > 1, else none; ddp: a full copy per device, gradients averaged; "
-        "fsdp: PyTorch FSDP2, parameters, gradients and optimizer state sharded; deepspeed: DeepSpeed "
-        "ZeRO (needs the deepspeed package). See docs/distributed.md.",
-    )
-    zero_stage: Literal[0, 1, 2, 3] | None = Field(
-        None,
-        description="deepspeed only: ZeRO stage (1: optimizer state sharded, 2: + gradients, 3: + "
-        "parameters). Default 2.",
-    )
-    offload_optimizer: bool = Field(
-        False,
-        description="deepspeed (stage >= 1): keep optimizer state in CPU memory (DeepSpeed's CPU Adam).",
-    )
-    offload_params: bool = Field(
-        False,
-        description="Keep parameters in CPU memory: deepspeed stage 3, or fsdp (FSDP2 then offloads "
-        "parameters, gradients and optimizer state together).",
-    )
-    fsdp_wrap: list[str] | Literal["auto"] = Field(
-        "auto",
-        description="fsdp: module classes sharded as one unit. auto: the model's decoder layer (its "
-        "_no_split_modules, e.g. LlamaDecoderLayer).",
-    )
-    activation_checkpointing: bool | Literal["auto"] = Field(
-        "auto",
-        description="fsdp: recompute each wrapped layer's activations in backward (FSDP's own "
-        "checkpointing). auto: as train.gradient_checkpointing decides.",
-    )
-    config_file: str | None = Field(
-        None,
-        description="An existing DeepSpeed JSON (used as the Trainer's deepspeed config) or accelerate "
-        "YAML (lmtune train --nproc launches through accelerate launch with it), used as it is; the "
-        "options above must then be left at their defaults.",
-    )
-
-    @model_validator(mode="after")
-    def _combinations(self) -> DistributedSection:
-        s = self.strategy
-        if self.zero_stage is not None and s not in ("deepspeed", "auto"):
-            raise ValueError(
-                f"distributed.zero_stage applies to strategy: deepspeed, not {s}. Set strategy: deepspeed, "
-                "or remove zero_stage (fsdp always shards parameters, gradients and optimizer state)"
-            )
-        if self.zero_stage is not None and s == "auto":
-            raise ValueError(
-                "distributed.zero_stage needs strategy: deepspeed; add it to the distributed section"
-            )
-        if (self.offload_optimizer or self.offload_params) and s not in ("deepspeed", "fsdp"):
-            raise ValueError(
-                f"distributed.offload_optimizer/offload_params need strategy: deepspeed or fsdp (got {s}): "
-                "ddp keeps a full copy of everything on each device"
-            )
-        stage = 2 if self.zero_stage is None else self.zero_stage
-        if s == "deepspeed" and self.offload_params and stage != 3:
-            raise ValueError(
-                f"distributed.offload_params needs zero_stage: 3 (got {stage}): only ZeRO-3 partitions the "
-                "parameters it could offload. Set zero_stage: 3, or use offload_optimizer with stage 1-2"
-            )
-        if s == "deepspeed" and self.offload_optimizer and stage == 0:
-            raise ValueError(
-                "distributed.offload_optimizer needs zero_stage 1, 2 or 3 (stage 0 keeps no ZeRO state)"
-            )
-        if s == "fsdp" and self.offload_optimizer and not self.offload_params:
-            raise ValueError(
-                "strategy: fsdp offloads parameters, gradients and optimizer state together: set "
-                "offload_params: true (offload_optimizer alone is a deepspeed option)"
-            )
-        if s != "fsdp" and (self.fsdp_wrap != "auto" or self.activation_checkpointing != "auto"):
-            raise ValueError(
-                f"distributed.fsdp_wrap and activation_checkpointing apply to strategy: fsdp, not {s}; "
-                "use train.gradient_checkpointing for the other strategies"
-            )
-        if self.config_file is not None:
-            from pathlib import Path
-
-            suffix = Path(self.config_file).suffix.lower()
-            if suffix not in (".json", ".yaml", ".yml"):
-                raise ValueError(
-                    f"distributed.config_file {self.config_file}: expected a DeepSpeed .json or an "
-                    "accelerate .yaml file"
-                )
-            if suffix == ".json" and s not in ("deepspeed", "auto"):
-                raise ValueError(
-                    f"distributed.config_file {self.config_file} is DeepSpeed JSON: set strategy: deepspeed"
-                )
-            tuned = self.zero_stage is not None or self.offload_optimizer or self.offload_params
-            if tuned or self.fsdp_wrap != "auto" or self.activation_checkpointing != "auto":
-                raise ValueError(
-                    "distributed.config_file is used as it is: leave zero_stage, offload_*, fsdp_wrap and "
-                    "activation_checkpointing unset (put them in the file), or drop config_file"
-                )
-        return self
 
 
 class RunConfig(Section):
