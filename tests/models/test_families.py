@@ -90,7 +90,6 @@ def test_lora_trains_the_family_targets(family, lora_run):
         assert result.model.config._attn_implementation == "eager"
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("family", MODEL_FAMILIES)
 def test_qlora_trains(family, family_model_dir, sums_file, tmp_path):
     pytest.importorskip("bitsandbytes")
@@ -145,7 +144,6 @@ ONNX_FAMILIES = [f for f in MODEL_FAMILIES if VERIFIED[f]["onnx"] == "yes"]
 ONNX_REFUSED = [f for f in MODEL_FAMILIES if VERIFIED[f]["onnx"] == "refused"]
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("family", ONNX_FAMILIES)
 def test_onnx_export_verifies(family, lora_run, tmp_path):
     pytest.importorskip("onnxruntime")
