@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from tests.families import TINY_SHAPE
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a hub
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
@@ -58,12 +59,7 @@ def smollm2_tokenizer(smollm2_tokenizer_dir):
 # The tiny test models' shape: SmolLM2's vocabulary (so they share its tokenizer), 2 layers, 64 wide.
 TINY = dict(
     vocab_size=49152,
-    hidden_size=64,
-    intermediate_size=128,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=2048,
+    **TINY_SHAPE,  # the same shape as the family test models (tests/families.py)
     bos_token_id=1,
     eos_token_id=2,
     pad_token_id=2,
