@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 
 from lmtune.config.loader import validate_config
-from lmtune.errors import ConfigError
 from lmtune.run.layout import RunDir
-from lmtune.train.args import check_report_to, training_arguments, use_bf16
+from lmtune.train.args import training_arguments, use_bf16
 
 
 def test_values_pass_through(tmp_path):
@@ -56,13 +53,3 @@ def test_bf16_auto_follows_the_hardware(monkeypatch):
     monkeypatch.setattr(mod, "cpu_has_native_bf16", lambda: False)
     assert use_bf16("auto", "cpu") is False
     assert use_bf16(True, "cpu") is True and use_bf16(False, "cpu") is False
-
-
-@pytest.mark.parametrize("tracker", ["tensorboard", "wandb", "mlflow"])
-def test_report_to_needs_its_package(tracker):
-    if importlib.util.find_spec(tracker) is None:
-        with pytest.raises(ConfigError, match=f"pip install {tracker}"):
-            check_report_to(tracker)
-    else:
-        assert check_report_to(tracker) == [tracker]
-    assert check_report_to("none") == []

@@ -419,8 +419,26 @@ class TrainSection(Section):
     liger: bool | Literal["auto"] = Field(
         "auto", description="CUDA: Liger kernels (liger-kernel package). auto: when installed and on CUDA."
     )
-    report_to: Literal["none", "tensorboard", "wandb", "mlflow"] = Field("none")
+    report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(
+        default_factory=list,
+        description="Experiment trackers, several at once: tensorboard (event files in RUN/tensorboard), "
+        "wandb, mlflow (their own environment variables say where: WANDB_MODE, WANDB_DIR, "
+        "MLFLOW_TRACKING_URI). A name or a list; none: no tracker.",
+    )
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _report_to_list(cls, value: Any) -> Any:
+        """`tensorboard`, `tensorboard,wandb` (as --set gives it) or a list; `none` is no tracker."""
+        if value is None:
+            return []
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if isinstance(value, list):
+            value = [v for v in value if v != "none"]
+            return list(dict.fromkeys(value))
+        return value
 
 
 PREFERENCE_LOSSES = ("sigmoid", "ipo", "hinge", "orpo", "simpo", "cpo", "kto")

@@ -188,7 +188,7 @@ def build_trainer(
         args=args,
         train_dataset=train_ds,
         processing_class=tokenizer,
-        callbacks=[s.metrics, ProgressCallback(s.console)],
+        callbacks=[s.metrics, ProgressCallback(s.console), *s.tracker_callbacks()],
         optimizers=(build_optimizer(model, cfg), None),
     )
     return s.quiet(trainer)

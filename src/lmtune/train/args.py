@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 from lmtune.config.schema import RunConfig
-from lmtune.errors import ConfigError
 from lmtune.run.layout import RunDir
 
 
@@ -33,21 +32,6 @@ def use_bf16(setting: bool | str, device: str) -> bool:
 
         return torch.cuda.is_bf16_supported()
     return cpu_has_native_bf16()
-
-
-def check_report_to(report_to: str) -> list[str]:
-    """The Trainer's `report_to` list; a tracker that is not installed is a sentence, up front."""
-    if report_to == "none":
-        return []
-    import importlib.util
-
-    package = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}[report_to]
-    if importlib.util.find_spec(package) is None:
-        raise ConfigError(
-            f"train.report_to: {report_to} needs the {package} package, which is not installed. "
-            f"Install it (pip install {package}) or set train.report_to: none."
-        )
-    return [report_to]
 
 
 def training_arguments(
@@ -91,7 +75,8 @@ def training_arguments(
         save_steps=t.save_steps or 500,
         save_total_limit=t.save_total_limit,
         activation_checkpointing=plan.gradient_checkpointing if plan else t.gradient_checkpointing is True,
-        report_to=check_report_to(t.report_to),
+        run_name=run.root.name,  # what W&B and MLflow call the run
+        report_to=[],  # the tracker callbacks are ours, placed after the metrics (train/trackers.py)
         dataloader_num_workers=t.num_workers,
         include_num_input_tokens_seen="non_padding",
         remove_unused_columns=False,

@@ -54,6 +54,8 @@ class MetricsCallback(TrainerCallback):
             tokens = state.num_input_tokens_seen
             dt = now - self._last_time
             row["tokens_per_s"] = round((tokens - self._last_tokens) / dt, 1) if dt > 0 else None
+            if row["tokens_per_s"] is not None:
+                logs["tokens_per_s"] = row["tokens_per_s"]  # the tracker callbacks come after this one
             row["tokens_seen"] = tokens
             self._last_time, self._last_tokens = now, tokens
         if len(row) <= 2:  # end-of-training summary logs carry none of the keys above

@@ -66,6 +66,7 @@ class Session:
         self.started = time.perf_counter()
         self.strategy = dist_strategy.resolve(cfg.distributed, self.env)
         self.trainer: Any = None  # the task's Trainer, once training ran (the final save gathers through it)
+        self.trackers: list[Any] = []  # train.report_to's callbacks (closed by finish)
         self.wrap: list[str] = []  # FSDP's per-layer units (the model's _no_split_modules)
         if self.strategy.distributed:
             from lmtune.models.load import resolve_device
@@ -83,6 +84,9 @@ class Session:
                 "The run directory and its checkpoints still load for chat and generate; "
                 "to train further, start a new run."
             )
+        from lmtune.train.trackers import check_trackers
+
+        check_trackers(cfg.train.report_to)  # a missing tracker package, before the model loads
         self.run: RunDir = main_first(self._make_run_dir)
         self.console.print(f"[bold]Run directory:[/] {self.run.root}")
         if self.strategy.distributed:
@@ -367,7 +371,18 @@ class Session:
         if not self.env.is_main:  # metrics file and progress bar: rank 0's (its logged loss is the mean)
             return []
         self.metrics = MetricsCallback(self.run.metrics, self.console)
-        return [self.metrics, ProgressCallback(self.console)]
+        return [self.metrics, ProgressCallback(self.console), *self.tracker_callbacks()]
+
+    def tracker_callbacks(self) -> list[Any]:
+        """train.report_to's callbacks; after the metrics callback, which adds tokens/s to the logs."""
+        from lmtune.train.trackers import tracker_callbacks
+
+        config = self.cfg.model_dump(mode="json")
+        self.trackers = tracker_callbacks(
+            self.cfg.train.report_to, log_dir=str(self.run.root / "tensorboard"), run_name=self.run.root.name,
+            config=config,
+        )  # fmt: skip
+        return self.trackers
 
     def quiet(self, trainer: Any) -> Any:
         """Our progress bar and metrics file replace the Trainer's own printing (and, for FSDP on
@@ -531,6 +546,9 @@ class Session:
     def finish(self, summary: dict[str, Any], model: Any = None) -> RunResult:
         from lmtune.run.summary import plot_losses, write_summary
 
+        for cb in self.trackers:
+            if hasattr(cb, "close"):
+                cb.close()
         if not self.env.is_main:
             return RunResult(self.run.root, summary, model)
         if self.strategy.distributed:
