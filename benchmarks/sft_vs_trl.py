@@ -189,13 +189,14 @@ def spawn(name: str, spec: dict[str, Any], work: Path, threads: int) -> dict[str
     return row
 
 
-def matmul_peak(threads: int, seconds: float = 2.0, n: int = 2048) -> float:
-    """bf16 matmul FLOP/s of this machine now: n x n products repeated for ~`seconds`, 2 n^3 each."""
+def matmul_peak(threads: int, dtype: str = "bfloat16", seconds: float = 2.0, n: int = 2048) -> float:
+    """Matmul FLOP/s of this machine now in `dtype`: n x n products repeated for ~`seconds`, 2 n^3 each."""
     import torch
 
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
-    a, b = torch.randn(n, n, dtype=torch.bfloat16), torch.randn(n, n, dtype=torch.bfloat16)
+    kind = getattr(torch, dtype)
+    a, b = torch.randn(n, n, dtype=kind), torch.randn(n, n, dtype=kind)
     a @ b  # warm-up: first-call allocation and kernel selection
     count, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
@@ -204,6 +205,21 @@ def matmul_peak(threads: int, seconds: float = 2.0, n: int = 2048) -> float:
     elapsed = time.perf_counter() - start
     torch.set_num_threads(before)
     return 2 * n**3 * count / elapsed
+
+
+def cpu_flags() -> dict[str, bool]:
+    """The instruction sets the speed depends on: bf16 is native with avx512_bf16 or amx_bf16 and
+    emulated (slower than float32) on AVX2-only CPUs."""
+    try:
+        line = next(x for x in Path("/proc/cpuinfo").read_text().splitlines() if x.startswith("flags"))
+    except (OSError, StopIteration):
+        return {}
+    have = set(line.split(":", 1)[1].split())
+    return {flag: flag in have for flag in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")}
+
+
+def native_bf16(flags: dict[str, bool]) -> bool:
+    return bool(flags.get("avx512_bf16") or flags.get("amx_bf16"))
 
 
 def machine(threads: int) -> dict[str, Any]:
@@ -219,6 +235,7 @@ def machine(threads: int) -> dict[str, Any]:
         pass
     return {
         "cpu": cpu,
+        "flags": cpu_flags(),
         "cores": cores(),
         "threads": threads,
         "python": platform.python_version(),
@@ -229,7 +246,9 @@ def machine(threads: int) -> dict[str, Any]:
 def label(name: str, row: dict[str, Any], args: argparse.Namespace) -> str:
     """The row label, with the settings that explain the row (TRL's as its SFTConfig resolved them)."""
     if name == "lmtune":
-        return "lmtune" + (f" ({', '.join(args.lmtune_set)})" if args.lmtune_set else " (defaults)")
+        bf16 = (row.get("settings") or {}).get("bf16")
+        precision = [] if bf16 is None else [f"bf16={bf16}"]
+        return f"lmtune ({', '.join([*(args.lmtune_set or ['defaults']), *precision])})"
     s = row.get("settings") or {}
     title = "TRL defaults" if name == "trl-defaults" else "TRL tuned"
     if not s:
@@ -253,14 +272,20 @@ def main(argv: list[str] | None = None) -> None:
     config = lmtune_config(args, model, train, val, work / "lmtune") if "lmtune" in args.only else None
     model_folder(args)
     info = machine(args.threads)
-    print(f"Machine: {info['cpu']}, {info['cores']} cores, {args.threads} threads", flush=True)
-    peak = matmul_peak(args.threads)
-    print(f"bf16 matmul peak: {peak / 1e9:.1f} GFLOP/s", flush=True)
+    flags = ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in info["flags"].items())
+    print(f"Machine: {info['cpu']}, {info['cores']} cores, {args.threads} threads; {flags}", flush=True)
+    peaks = {dtype: matmul_peak(args.threads, dtype) for dtype in ("float32", "bfloat16")}
+    native = native_bf16(info["flags"])
+    print(
+        f"matmul peak: float32 {peaks['float32'] / 1e9:.1f} GFLOP/s, bf16 {peaks['bfloat16'] / 1e9:.1f} "
+        f"GFLOP/s ({'native' if native else 'emulated'}); TRL tuned trains in {'bf16' if native else 'float32'}",
+        flush=True,
+    )
     common = {"model": str(model), "train": str(train), "val": str(val), "max_length": args.max_length}
     specs = {
         "lmtune": {"config": str(config), "overrides": args.lmtune_set},
         "trl-defaults": {"mode": "defaults"},
-        "trl-tuned": {"mode": "tuned"},
+        "trl-tuned": {"mode": "tuned", "native_bf16": native},
     }
     rows: dict[str, dict[str, Any]] = {}
     for name in args.only:
@@ -285,7 +310,10 @@ def main(argv: list[str] | None = None) -> None:
         row["eval_loss"] = loss.get("loss")
         rate = row.get("steady_tokens_per_second") or row.get("tokens_per_second")
         params = scored.get("matmul_parameters")
-        row["mfu"] = rate * 6 * params / peak if rate and params else None
+        bf16 = (row.get("settings") or {}).get("bf16")
+        row["precision"] = "bf16" if bf16 else "float32" if bf16 is not None else None
+        peak = peaks["bfloat16" if bf16 else "float32"]  # MFU against the peak of the precision it used
+        row["mfu"] = rate * 6 * params / peak if rate and params and bf16 is not None else None
     result = {
         "date": datetime.now().isoformat(timespec="seconds"),
         "machine": info,
@@ -301,7 +329,7 @@ def main(argv: list[str] | None = None) -> None:
             "lora": LORA,
             "lmtune_set": args.lmtune_set,
         },
-        "peak_bf16_flops": peak,
+        "peak_flops": peaks,
         "parameters": scored.get("parameters"),
         "matmul_parameters": scored.get("matmul_parameters"),
         "train_real_tokens": scored.get("train_real_tokens"),

@@ -122,11 +122,12 @@ def markdown(result: dict[str, Any]) -> str:
     """The whole report: job, table, footnotes, ratios, bars, errors."""
     m, s, rows = result["machine"], result["settings"], result["rows"]
     lora = s["lora"]
-    params, peak = result.get("matmul_parameters"), result["peak_bf16_flops"]
+    params, peaks = result.get("matmul_parameters"), result["peak_flops"]
+    flags = ", ".join(k for k, v in m.get("flags", {}).items() if v) or "unknown"
     lines = [
         "# lmtune vs TRL SFTTrainer + PEFT: LoRA SFT",
         "",
-        f"Date {result['date']}. Machine: {m['cpu']}, {m['cores']} cores, {m['threads']} torch threads per run; "
+        f"Date {result['date']}. Machine: {m['cpu']} ({flags}), {m['cores']} cores, {m['threads']} torch threads per run; "
         f"Python {m['python']}, torch {m['torch']}, transformers {m['transformers']}, trl {m['trl']}, "
         f"peft {m['peft']}.",
         "",
@@ -150,8 +151,9 @@ def markdown(result: dict[str, Any]) -> str:
         f"multiply activations (of {_fmt(result.get('parameters'), ',')}: an input embedding is a lookup "
         "and counts only when tied to the output head). 6N FLOPs per token is the dense forward+backward "
         "convention (attention score FLOPs left out; LoRA skips the frozen weights' gradients, so the "
-        f"real count is lower). Peak = {peak / 1e9:.1f} GFLOP/s: 2048x2048 bf16 matmuls for ~2 s with "
-        "the runs' thread count, just before the runs.",
+        f"real count is lower). Peak of the precision each run trained in: float32 "
+        f"{peaks['float32'] / 1e9:.1f}, bf16 {peaks['bfloat16'] / 1e9:.1f} GFLOP/s (2048x2048 matmuls for "
+        "~2 s each with the runs' thread count, just before the runs).",
         f"- eval loss: mean cross-entropy per answer token of the {s['eval_records']} held-out records "
         "(chat template, float32, batch 1, trained adapter applied), one function for every run; base "
         f"model before training: {_fmt(result.get('base_eval_loss'), '.4f')}. Final train loss: each "

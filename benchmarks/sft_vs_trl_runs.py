@@ -202,6 +202,7 @@ def run_lmtune(spec: dict[str, Any]) -> dict[str, Any]:
     summary.json is kept beside it (`own_speed`), and used when the clock could not be attached.
     """
     from lmtune.config.loader import load_config
+    from lmtune.run.layout import RunDir
     from lmtune.train import session
     from lmtune.train.runner import train
 
@@ -239,6 +240,7 @@ def run_lmtune(spec: dict[str, Any]) -> dict[str, Any]:
         "train_loss": (summary.get("train_loss") or {}).get("last"),
         "own_eval_loss": summary.get("eval_loss"),
         "own_speed": speed,
+        "settings": {"bf16": json.loads(RunDir(Path(run_dir)).marker.read_text(encoding="utf-8"))["bf16"]},
     }
 
 
@@ -280,7 +282,10 @@ def run_trl(spec: dict[str, Any]) -> dict[str, Any]:
     if not torch.cuda.is_available():  # transformers refuses bf16 (TRL's default) on CPU without use_cpu
         fixed["use_cpu"] = True
     if spec["mode"] == "tuned":  # packing bfd turns on padding-free (position_ids per sample) in TRL 1.16
-        fixed |= {"bf16": True, "gradient_checkpointing": False, "packing": True, "packing_strategy": "bfd"}
+        # bf16 only where the CPU multiplies bf16 natively (AVX512-BF16 / AMX): emulated bf16 on an
+        # AVX2-only CPU is several times slower than float32, and no TRL user would choose it there.
+        fixed |= {"bf16": spec["native_bf16"], "gradient_checkpointing": False, "packing": True}
+        fixed["packing_strategy"] = "bfd"
     args = SFTConfig(**fixed)
     peft_config = LoraConfig(
         r=LORA["r"],
