@@ -112,7 +112,17 @@ def check_column_names(path: str | Path, columns: dict[str, str] | None) -> None
     from lmtune.data.formats import _MESSAGE_FIELDS, _MISSING, _resolve
 
     file = str(path)
-    named = {k: v for k, v in (columns or {}).items() if k not in _MESSAGE_FIELDS}
+    given = dict(columns or {})
+    digits = [f"{k}={v}" for k, v in given.items() if v.isdigit()]
+    if is_delimited(file) and digits and len(digits) < len(given):
+        names = [f"{k}={v}" for k, v in given.items() if not v.isdigit()]
+        raise DataError(
+            f"--column mixes positions ({', '.join(digits)}) and names ({', '.join(names)}).",
+            file=file,
+            hint="give every column by position from 0 (a file without a header row, e.g. --column label=0 "
+            "--column text=1) or every column by its header name.",
+        )
+    named = {k: v for k, v in given.items() if k not in _MESSAGE_FIELDS}
     if not named or is_positional(file, columns) or Path(file).suffix.lower() == ".txt":
         return
     samples = [r.data for r in islice(iter_raw_records(file), _HEAD) if r.data is not None]
@@ -124,9 +134,8 @@ def check_column_names(path: str | Path, columns: dict[str, str] | None) -> None
             continue
         close = difflib.get_close_matches(name, keys, n=1)
         did = f" Did you mean '{close[0]}'?" if close else ""
-        digits = " (a position needs every --column given as a position)" if name.isdigit() else ""
         raise DataError(
-            f"--column {role}={name}: the file has no field '{name}'{digits}.{did}",
+            f"--column {role}={name}: the file has no field '{name}'.{did}",
             file=file,
             hint=f"its fields are {', '.join(map(str, keys[:30]))}; name one of them, or give positions "
             "from 0 for a CSV/TSV file without a header row.",
