@@ -166,3 +166,19 @@ def test_kto_labels_are_counted(shared_data, smollm2_tokenizer, tmp_path):
     assert r["format"] == "kto" and r["kind"] == "kto" and r["usable"] == 6
     good = sum(bool(x["label"]) for x in rows)
     assert r["labels"] == {"desirable": good, "undesirable": 6 - good}
+
+
+def test_the_training_config_reads_the_same_header_less_file(shared_data, tmp_path):
+    """data.columns by position (YAML numbers or strings) is what `lmtune train` reads the file with."""
+    from lmtune.config.loader import validate_config
+    from lmtune.data.sources import load_sources
+
+    bare = without_header(shared_data / "cls_sst2" / "dev.tsv", tmp_path / "dev.tsv")
+    counts = tsv_labels(shared_data / "cls_sst2" / "dev.tsv", 0, skip_header=True)
+    for task, columns in (("classification", {"label": 0, "text": 1}), ("pretrain", {"text": "1"})):
+        cfg = validate_config({"task": task, "data": {"path": str(bare), "columns": columns}})
+        assert cfg.data.columns == {k: str(v) for k, v in columns.items()}
+        records = load_sources(cfg.data, task).records
+        assert len(records) == 872 and records[0].text == "one long string of cliches ."
+        if task == "classification":
+            assert Counter(r.label for r in records) == counts
