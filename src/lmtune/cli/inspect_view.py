@@ -10,6 +10,7 @@ CONTEXT = "dim"
 REJECTED = "bold red on grey15"
 SEPARATOR = "bold magenta"
 IGNORE = -100
+MAX_LABEL_ROWS = 30  # label count rows printed (--json has every label)
 
 
 def json_samples(report: dict[str, Any], samples: list[Any], tokenizer: Any) -> list[dict[str, Any]]:
@@ -133,8 +134,15 @@ def _cls_rows(table: Any, report: dict[str, Any]) -> None:
         f"{len(report['labels'])} ({report['label_origin']}): "
         + ", ".join(f"'{k}' -> {v}" for k, v in report["label_map"].items()),
     )
-    for label, n in report["label_counts"].items():
+    counts = list(report["label_counts"].items())
+    for label, n in counts[:MAX_LABEL_ROWS]:
         table.add_row(f"  label '{label}'", f"{n} ({100 * n / total:.1f}%)")
+    if len(counts) > MAX_LABEL_ROWS:
+        rest = sum(n for _, n in counts[MAX_LABEL_ROWS:])
+        table.add_row(
+            f"  {len(counts) - MAX_LABEL_ROWS} more labels",
+            f"{rest} ({100 * rest / total:.1f}%) (--json lists all)",
+        )
     _lengths(table, report, "text")
     table.add_row(
         "tokens",
