@@ -182,3 +182,13 @@ def test_the_training_config_reads_the_same_header_less_file(shared_data, tmp_pa
         assert len(records) == 872 and records[0].text == "one long string of cliches ."
         if task == "classification":
             assert Counter(r.label for r in records) == counts
+
+
+def test_max_prompt_length_shortens_prompts_as_training_does(shared_data, smollm2_tokenizer, tmp_path):
+    rows = json.loads((shared_data / "llamafactory" / "kto_en_demo.json").read_text())[:3]
+    part = tmp_path / "kto.json"
+    part.write_text(json.dumps(rows))
+    plain = inspect_preference(part, smollm2_tokenizer, max_length=300).report
+    assert plain["rejected_by_reason"] == {"prompt_too_long": 2}  # prompts of 1,080 and 841 tokens
+    cut = inspect_preference(part, smollm2_tokenizer, max_length=300, max_prompt_length=200).report
+    assert cut["usable"] == 3 and cut["rejected"] == 0 and cut["prompt_length_percentiles"]["p100"] <= 200
