@@ -172,7 +172,7 @@ def test_task_option_overrides_detection(tiny_model_dir, shared_data):
     [
         (
             ["text=2", "label=1"],
-            "gives text as '2', but this file has no header row and 2 columns, counted from 0",
+            "--column text=2: this file has no header row and 2 columns, counted from 0. Fix: give positions from 0 to 1",
         ),
         (["text=1", "label=sentiment"], "--column mixes positions (text=1) and names (label=sentiment)"),
         (["txt"], "--column 'txt' must look like canonical=yours"),

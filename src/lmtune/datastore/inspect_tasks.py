@@ -122,8 +122,20 @@ def check_column_names(path: str | Path, columns: dict[str, str] | None) -> None
             hint="give every column by position from 0 (a file without a header row, e.g. --column label=0 "
             "--column text=1) or every column by its header name.",
         )
+    if is_positional(file, columns):
+        first = next((r.data for r in islice(iter_raw_records(file, header=False), _HEAD) if r.data), None)
+        width = len(first or {})
+        for role, pos in given.items():
+            if int(pos) >= width:
+                raise DataError(
+                    f"--column {role}={pos}: this file has no header row and {width} columns, counted from 0.",
+                    file=file,
+                    hint=f"give positions from 0 to {width - 1}, e.g. --column label=0 --column text=1 "
+                    "(data.columns: {label: 0, text: 1} in a config).",
+                )
+        return
     named = {k: v for k, v in given.items() if k not in _MESSAGE_FIELDS}
-    if not named or is_positional(file, columns) or Path(file).suffix.lower() == ".txt":
+    if not named or Path(file).suffix.lower() == ".txt":
         return
     samples = [r.data for r in islice(iter_raw_records(file), _HEAD) if r.data is not None]
     if not samples:
