@@ -192,3 +192,15 @@ def test_max_prompt_length_shortens_prompts_as_training_does(shared_data, smollm
     assert plain["rejected_by_reason"] == {"prompt_too_long": 2}  # prompts of 1,080 and 841 tokens
     cut = inspect_preference(part, smollm2_tokenizer, max_length=300, max_prompt_length=200).report
     assert cut["usable"] == 3 and cut["rejected"] == 0 and cut["prompt_length_percentiles"]["p100"] <= 200
+
+
+def test_json_records_by_their_fields_and_a_file_of_no_task(tmp_path):
+    labelled = tmp_path / "labelled.jsonl"
+    labelled.write_text('{"text": "good film", "label": "pos"}\n{"text": "bad film", "label": "neg"}\n')
+    plain = tmp_path / "plain.jsonl"
+    plain.write_text('{"text": "just some text"}\n')
+    assert detect_task(labelled)[0] == "classification" and detect_task(plain)[0] == "pretrain"
+    other = tmp_path / "other.jsonl"
+    other.write_text('{"foo": 1}\n')
+    with pytest.raises(DataError, match=r"cannot tell which task .* keys \['foo'\].* --task sft\|pretrain"):
+        detect_task(other)
