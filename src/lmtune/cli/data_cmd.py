@@ -12,6 +12,14 @@ app = typer.Typer(no_args_is_help=True)
 
 FORMAT_HELP = "Force a format: openai, sharegpt, alpaca, dolly, prompt_completion (default: detect)."
 COLUMNS_HELP = "Map a field name: canonical=yours, e.g. --column instruction=question (repeatable)."
+INSPECT_FORMAT_HELP = (
+    "Force a format: openai, sharegpt, alpaca, dolly, prompt_completion (sft); preference, "
+    "sharegpt_ranking, openai_preference, kto (preference); text; classification (default: detect)."
+)
+INSPECT_COLUMNS_HELP = (
+    "Map a field: canonical=yours, e.g. --column instruction=question or --column label=category; "
+    "for a CSV/TSV without a header row give positions from 0: --column label=0 --column text=1 (repeatable)."
+)
 
 
 def _columns(items: list[str]) -> dict[str, str] | None:
@@ -34,106 +42,107 @@ def _load(file: Path, fmt: str, columns: list[str], on_error: str = "skip"):
 
 @app.command("inspect")
 def inspect(
-    file: Path = typer.Argument(..., help="Data file (json, jsonl, csv, tsv, parquet)."),
+    file: Path = typer.Argument(..., help="Data file (json, jsonl, csv, tsv, parquet, txt)."),
     model: str = typer.Option(
         "smollm2-135m-instruct", help="Model whose tokenizer and chat template to use."
     ),
-    fmt: str = typer.Option("auto", "--format", help=FORMAT_HELP),
-    column: list[str] = typer.Option([], "--column", help=COLUMNS_HELP),
+    task: str = typer.Option(
+        "auto", help="sft, pretrain, preference or classification (default: detect from the file)."
+    ),
+    fmt: str = typer.Option("auto", "--format", help=INSPECT_FORMAT_HELP),
+    column: list[str] = typer.Option([], "--column", help=INSPECT_COLUMNS_HELP),
     template: str | None = typer.Option(None, help="Fallback chat template (chatml, alpaca)."),
-    max_length: int = typer.Option(1024, help="Truncation length, as data.max_length."),
-    train_on: str = typer.Option("all", help="all, last or all_tokens, as data.train_on."),
-    example: int = typer.Option(1, help="Which usable record to render (1-based)."),
+    max_length: int = typer.Option(
+        1024, help="Truncation length, as data.max_length (pretrain: block length)."
+    ),
+    train_on: str = typer.Option("all", help="sft: all, last or all_tokens, as data.train_on."),
+    text_split: str = typer.Option(
+        "document", help="pretrain .txt files: document or line, as data.text_split."
+    ),
+    max_prompt_length: int | None = typer.Option(
+        None, help="preference: shorten longer prompts, as preference.max_prompt_length."
+    ),
+    labels: str | None = typer.Option(
+        None, help="classification: the label set in output order, comma-separated, as data.labels."
+    ),
+    example: int = typer.Option(1, help="Which usable record (pretrain: block) to render (1-based)."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output with token ids and labels."),
     records: int = typer.Option(3, help="With --json: how many records to include token ids/labels for."),
     system_merge: str = typer.Option(
         "auto", help="auto or never, as data.system_merge (templates without a system role)."
     ),
 ) -> None:
-    """Detected format, counts, rejects by reason, token lengths, and one example with its trained
-    tokens highlighted: exactly what the trainer will see. The file is streamed (memory stays flat
-    for millions of records); percentiles come from a uniform sample of 100,000 lengths beyond that."""
-    from lmtune.datastore.inspect import inspect_file
+    """Detected task and format, counts, rejects by reason, token lengths, and one example exactly as
+    the trainer sees it: SFT trained tokens highlighted, preference prompt/chosen/rejected with their
+    masks, pretraining blocks as packed, classification labels with their ids and counts. The file is
+    streamed (memory stays flat for millions of records); percentiles come from a uniform sample of
+    100,000 lengths beyond that."""
+    from lmtune.cli.inspect_view import json_samples, print_report
     from lmtune.models.load import load_tokenizer
     from lmtune.models.resolve import resolve_model_ref
     from lmtune.tokenize.templates import apply_template_choice
 
+    columns = _columns(column)
+    chosen, why = _inspect_task(file, task, fmt, columns)
     tokenizer = load_tokenizer(resolve_model_ref(model))
     apply_template_choice(tokenizer, template)
-    result = inspect_file(
-        file,
-        tokenizer,
-        format=fmt,
-        columns=_columns(column),
-        max_length=max_length,
-        train_on=train_on,
-        keep=records if as_json else 0,
-        example=example,
-        system_merge=system_merge,
-    )
+    keep = records if as_json else 0
+    common: dict[str, Any] = {"columns": columns, "max_length": max_length, "keep": keep, "example": example}
+    if chosen == "pretrain":
+        from lmtune.datastore.inspect_text import inspect_text
+
+        result = inspect_text(file, tokenizer, text_split=text_split, **common)
+    elif chosen == "preference":
+        from lmtune.datastore.inspect_preference import inspect_preference
+
+        result = inspect_preference(
+            file, tokenizer, format=fmt, max_prompt_length=max_prompt_length, **common
+        )
+    elif chosen == "classification":
+        from lmtune.datastore.inspect_classification import inspect_classification
+
+        label_list = [x.strip() for x in labels.split(",") if x.strip()] if labels else None
+        result = inspect_classification(file, tokenizer, labels=label_list, **common)
+    else:
+        from lmtune.datastore.inspect import inspect_file
+
+        result = inspect_file(
+            file, tokenizer, format=fmt, train_on=train_on, system_merge=system_merge, **common
+        )
     report = result.report
+    report["task_from"] = why
     if as_json:
-        report["samples"] = [
-            {
-                "source": src,
-                "input_ids": s.input_ids,
-                "labels": s.labels,
-                "text": tokenizer.decode(s.input_ids),
-            }
-            for src, s in result.samples
-        ]
+        report["samples"] = json_samples(report, result.samples, tokenizer)
         typer.echo(json.dumps(report, ensure_ascii=False))
         return
-    _print_inspect(report, result.example, tokenizer)
+    print_report(report, result.example, tokenizer)
 
 
-def _print_inspect(report: dict[str, Any], example: Any, tokenizer: Any) -> None:
-    from rich.console import Console
-    from rich.table import Table
-    from rich.text import Text
+def _inspect_task(file: Path, task: str, fmt: str, columns: dict[str, str] | None) -> tuple[str, str]:
+    """(task, why): --task, else the task --format names, else detected from the file."""
+    from lmtune.data.formats import SFT_FORMATS
+    from lmtune.data.preference import PREFERENCE_FORMATS
+    from lmtune.datastore.inspect_tasks import check_column_names, check_task, detect_task
+    from lmtune.errors import ConfigError
 
-    from lmtune.tokenize.view import decoded_runs
-
-    con = Console()
-    table = Table(show_header=False, title=f"{report['file']}")
-    table.add_row("format", report["format"])
-    table.add_row(
-        "records", f"{report['records']} read, {report['usable']} usable, {report['rejected']} rejected"
-    )
-    for reason, n in report["rejected_by_reason"].items():
-        table.add_row(f"  rejected: {reason}", str(n))
-    pct = report.get("length_percentiles", {})
-    if pct:
-        table.add_row("tokens per sample", "  ".join(f"{k} {v}" for k, v in pct.items()))
-    hist = report.get("length_histogram", {})
-    if hist:
-        table.add_row("length histogram", "  ".join(f"{k}: {v}" for k, v in hist.items()))
-    table.add_row(
-        "tokens",
-        f"{report['tokens']:,} total, {report['trained_tokens']:,} trained, "
-        f"{report['truncated']} samples truncated",
-    )
-    con.print(table)
-    if report.get("note"):
-        con.print(report["note"], highlight=False)
-    for r in report["rejects"][:5]:
-        con.print(
-            f"[yellow]rejected[/] {r['file']} record {r['record']}"
-            + (f" line {r['line']}" if r["line"] else "")
-            + f": {r['message']}",
-            highlight=False,
-        )
-    if example is None:
-        return
-    i, source, sample = example
-    con.print(
-        f"\n[bold]Example {i}[/] ({source}): "
-        "[bold green on grey15]trained tokens[/] vs [dim]context (label -100)[/]"
-    )
-    text = Text()
-    for piece, trained in decoded_runs(tokenizer, sample.input_ids, sample.labels):
-        text.append(piece, style="bold green on grey15" if trained else "dim")
-    con.print(text)
+    by_format = {
+        **dict.fromkeys(SFT_FORMATS, "sft"),
+        **dict.fromkeys(PREFERENCE_FORMATS, "preference"),
+        "text": "pretrain",
+        "classification": "classification",
+    }
+    if fmt != "auto" and fmt not in by_format:
+        raise ConfigError(f"--format '{fmt}' is not a format; use auto or one of {', '.join(by_format)}.")
+    check_column_names(file, columns)
+    if check_task(task) != "auto":
+        if fmt != "auto" and by_format[fmt] != task:
+            raise ConfigError(
+                f"--format {fmt} is a {by_format[fmt]} format, not {task}: drop --format or --task."
+            )
+        return task, "--task"
+    if fmt != "auto":
+        return by_format[fmt], f"--format {fmt}"
+    return detect_task(file, columns)
 
 
 @app.command("convert")

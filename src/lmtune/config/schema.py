@@ -63,6 +63,17 @@ DATA_FILE_SUFFIXES = (".json", ".jsonl", ".ndjson", ".csv", ".tsv", ".parquet", 
 DataFormat = Literal[DATA_FORMATS]  # type: ignore[valid-type]
 
 
+def column_positions(value: Any) -> Any:
+    """`columns:` values written as YAML numbers ({label: 0, text: 1}) are positions: the strings
+    "0", "1", as `--column label=0` gives them; names and dotted paths stay as they are."""
+    if isinstance(value, dict):
+        return {
+            k: str(v) if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else v
+            for k, v in value.items()
+        }
+    return value
+
+
 class DatasetEntry(Section):
     """One file of `data.datasets`, with its own format, columns and mixing weight."""
 
@@ -74,6 +85,7 @@ class DatasetEntry(Section):
     columns: dict[str, str] = Field(
         default_factory=dict, description="Map the format's field names to this file's (as data.columns)."
     )
+    _positions = field_validator("columns", mode="before")(column_positions)
     roles: dict[str, str] = Field(
         default_factory=dict,
         description="ShareGPT speaker names used by this file, by role: {user: human, assistant: gpt, "
@@ -133,8 +145,11 @@ class DataSection(Section):
     columns: dict[str, str] = Field(
         default_factory=dict,
         description="Map the format's field names to your file's, e.g. {instruction: question, "
-        "output: answer}. Dotted paths reach into nested fields (instances.0.input).",
+        "output: answer}. Dotted paths reach into nested fields (instances.0.input). A CSV/TSV file "
+        "without a header row is mapped by position from 0, e.g. {label: 0, text: 1} (classification "
+        "and pretrain; as `lmtune data inspect --column label=0 --column text=1`).",
     )
+    _positions = field_validator("columns", mode="before")(column_positions)
     system: str | None = Field(None, description="System prompt added to records that have none.")
     on_error: Literal["skip", "fail"] = Field(
         "skip",

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from lmtune.data.load import _reject_error
-from lmtune.data.readers import RawRecord, iter_raw_records
+from lmtune.data.readers import RawRecord, iter_raw_records, positional_columns
 from lmtune.data.records import LoadResult, Reject
 from lmtune.errors import DataError
 
@@ -108,7 +108,7 @@ def load_examples(
     file = str(path)
     _check_options(format, columns, roles, system, on_error, limit, file)
     # Positions in `columns:` say the file has no header row: read it so from the start.
-    positional = _is_delimited(file) and bool(columns) and all(v.isdigit() for v in (columns or {}).values())
+    positional = positional_columns(file, columns)
     raws = list(islice(iter_raw_records(path, header=not positional), limit))
     if not raws:
         raise DataError("the file holds no records.", file=file, hint="check that it is the file you meant.")
@@ -269,9 +269,11 @@ def _headerless_columns(
     for role, pos in columns.items():
         if not pos.isdigit() or int(pos) >= width:
             raise DataError(
-                f"`columns:` gives {role} as '{pos}', but this file has no header row and {width} columns.",
+                f"`columns:` (--column) gives {role} as '{pos}', but this file has no header row and {width} "
+                "columns, counted from 0.",
                 file=file,
-                hint=f"give positions from 0 to {width - 1}, e.g. data.columns: {{label: '0', text: '1'}}.",
+                hint=f"give positions from 0 to {width - 1}, e.g. data.columns: {{label: '0', text: '1'}} "
+                "(inspect: --column label=0 --column text=1).",
             )
     if "text" in columns and ("label" in columns or not require_label):
         return ColumnMap(columns.get("label"), columns["text"], columns.get("text_pair"), True, False)

@@ -469,5 +469,16 @@ def _read_txt_lines(lines: Iterable[str], file: str, text_split: str) -> Iterato
             block = []
 
 
+def positional_columns(path: str | Path, columns: dict[str, str] | None) -> bool:
+    """`columns` given as positions ("0", "1", ...) for a CSV/TSV file: it has no header row, so it
+    is read with `header=False` (its cells named "0", "1", ...)."""
+    values = list((columns or {}).values())
+    return (
+        Path(path).suffix.lower() in (".csv", ".tsv")
+        and bool(values)
+        and all(isinstance(v, str) and v.isdigit() for v in values)
+    )
+
+
 def _reject(file: str, record: int, line: int | None, reason: str, raw: Any, message: str) -> Reject:
     return Reject(file=file, record=record, line=line, field=None, reason=reason, message=message, raw=raw)

@@ -23,7 +23,7 @@ from typing import Any
 
 from lmtune.data.formats import _MISSING, SFT_FORMATS, _resolve, detect_format
 from lmtune.data.load import _raise_nothing_valid, collect_records
-from lmtune.data.readers import iter_raw_records
+from lmtune.data.readers import iter_raw_records, positional_columns
 from lmtune.data.records import LoadResult
 from lmtune.data.validate import RecordError
 from lmtune.errors import DataError
@@ -65,7 +65,9 @@ def load_texts(
             file=file,
             hint="remove `columns:` for this file.",
         )
-    raws = list(islice(iter_raw_records(path, text_split=TEXT_SPLITS[text_split]), limit))
+    # a CSV/TSV file mapped by position (columns: {text: "1"}) has no header row
+    header = not positional_columns(path, columns)
+    raws = list(islice(iter_raw_records(path, text_split=TEXT_SPLITS[text_split], header=header), limit))
     if not raws:
         raise DataError(
             "the file holds no text." if is_txt else "the file holds no records.",

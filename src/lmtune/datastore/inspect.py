@@ -56,8 +56,10 @@ class LengthSketch:
 @dataclass
 class InspectResult:
     report: dict[str, Any]
-    samples: list[tuple[str, Tokenized]]  # the first `keep` (source, sample)
-    example: tuple[int, str, Tokenized] | None  # (1-based usable index, source, sample)
+    # SFT: the first `keep` (source, Tokenized) and the example (1-based usable index, source, Tokenized);
+    # the other tasks (inspect_text/_preference/_classification) put their own sample views there.
+    samples: list[Any]
+    example: tuple[int, str, Any] | None
 
 
 def inspect_file(
@@ -123,6 +125,7 @@ def inspect_file(
     rejects = (sink.first + masking)[:KEEP_REJECTS]
     report: dict[str, Any] = {
         "file": str(path),
+        "task": "sft",
         "format": stats.format,
         "records": stats.read,
         "usable": totals["samples"],
