@@ -201,10 +201,14 @@ def _raise_nothing_valid(file: str, rejects: list[Reject | None], total: int) ->
         first = rejects_[0]
         line = f" (line {first.line})" if first.line else ""
         detail = f" First: record {first.record}{line}: {first.message}"
+    # the first reject's message carries its own fix; a second, generic one only where it has none
+    has_fix = " Fix: " in detail
     raise DataError(
         f"no usable records: all {total} were rejected ({top}).{detail}",
         file=file,
-        hint="fix the problem above, which every record shares, or check `format:` / `columns:`.",
+        hint=None
+        if has_fix
+        else "fix the problem above, which every record shares, or check `format:` / `columns:`.",
     )
 
 
