@@ -51,15 +51,17 @@ def describe(err: BaseException) -> tuple[str, int]:
 
 def _user_input_error(err: BaseException) -> str | None:
     """The sentence for library errors that come from what the user gave (files, templates), else None."""
-    if isinstance(err, (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)):
-        name = getattr(err, "filename", None)
-        what = {
-            FileNotFoundError: "not found",
-            IsADirectoryError: "is a folder, not a file",
-            NotADirectoryError: "is not a folder",
-            PermissionError: "cannot be accessed (permission denied)",
-        }[type(err)]
-        return f"{name}: {what}. Fix: check the path and its permissions." if name else None
+    kinds = {
+        FileNotFoundError: "not found",
+        FileExistsError: "already exists and is not a folder",
+        IsADirectoryError: "is a folder, not a file",
+        NotADirectoryError: "a part of this path is a file, not a folder",
+        PermissionError: "cannot be accessed (permission denied)",
+    }
+    what = kinds.get(type(err))
+    name = getattr(err, "filename", None)
+    if what and name:
+        return f"{name}: {what}. Fix: check the path and its permissions."
     if isinstance(err, UnicodeDecodeError):
         return f"a file is not valid UTF-8 ({err.reason} at byte {err.start}). Fix: re-save it as UTF-8."
     if type(err).__name__ == "TemplateError" and type(err).__module__.startswith("jinja2"):

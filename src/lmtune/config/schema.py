@@ -515,6 +515,13 @@ class RunConfig(Section):
             raise ValueError(
                 "a data.datasets entry has a name but data.registry is not set: point it at the dataset_info.json"
             )
+        _check_formats(self.task, self.data)
+        if self.data.labels is not None and self.task != "classification":
+            raise ValueError(
+                f"data.labels (the label set) applies to task: classification, not task: {self.task}"
+            )
+        if self.data.text_split != "document" and self.task != "pretrain":
+            raise ValueError(f"data.text_split applies to task: pretrain (.txt files), not task: {self.task}")
         if self.task != "preference" and self.preference != PreferenceSection():
             raise ValueError(f"the preference section applies to task: preference, not task: {self.task}")
         if self.task == "classification" and self.eval.path:
@@ -561,3 +568,30 @@ class RunConfig(Section):
         if self.data.datasets:
             raise ValueError(f"task: {self.task} reads one prompt file: use data.path, not data.datasets")
         return self
+
+
+# The record formats each task's loader reads (lmtune.data.sources); grpo/rloo read prompts their own way.
+TASK_FORMATS = {
+    "sft": ("openai", "sharegpt", "alpaca", "dolly", "prompt_completion"),
+    "pretrain": ("text",),
+    "classification": ("classification",),
+    "preference": ("preference", "sharegpt_ranking", "openai_preference", "kto"),
+    "grpo": (),
+    "rloo": (),
+}
+
+
+def _check_formats(task: str, data: DataSection) -> None:
+    """A format of another task is refused here, before anything is read or loaded."""
+    allowed = TASK_FORMATS[task]
+    named = [("data.format", data.format)] + [
+        (f"data.datasets[{i}].format", d.format) for i, d in enumerate(data.datasets)
+    ]
+    for key, fmt in named:
+        if fmt != "auto" and fmt not in allowed:
+            owner = next((t for t, fmts in TASK_FORMATS.items() if fmt in fmts), None)
+            choices = ", ".join(("auto", *allowed))
+            raise ValueError(
+                f"{key}: {fmt} is a format of task: {owner}, not of task: {task}. Set task: {owner} for this "
+                f"data, or use one of {choices}"
+            )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 from collections.abc import Callable, Iterable
 from itertools import islice
 from pathlib import Path
@@ -222,8 +223,19 @@ def write_jsonl(rows: Iterable[dict[str, Any]], path: str | Path) -> None:
 
 
 def write_rejects(rejects: Iterable[Reject], path: str | Path) -> None:
-    """rejects.jsonl: every skipped record with where it was, why, and its raw data."""
-    write_jsonl((r.to_dict() for r in rejects), path)
+    """rejects.jsonl: every skipped record with where it was, why, and its raw data (NaN and
+    infinities, which the reader accepts but JSON has no words for, written as strings)."""
+    write_jsonl(({**r.to_dict(), "raw": _finite(r.raw)} for r in rejects), path)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
 
 
 def summarize_rejects(result: LoadResult, rejects_file: str = "rejects.jsonl") -> str:
