@@ -157,7 +157,17 @@ def _explain(e: dict[str, Any]) -> str:
     if e["type"] == "extra_forbidden":
         valid = _field_names(loc[:-1])
         synonym = SYNONYMS.get(loc[-1].lower())
-        guess = [synonym] if synonym in valid else difflib.get_close_matches(loc[-1], valid, n=1, cutoff=0.5)
+        key = loc[-1].lower()
+        # a known synonym, else a name the key starts with or that starts with it (lr_rate -> lr,
+        # max_len -> max_length), else the closest spelling
+        starts = sorted(
+            (v for v in valid if len(v) >= 2 and (key.startswith(v) or v.startswith(key))), key=len
+        )
+        guess = (
+            [synonym]
+            if synonym in valid
+            else starts[-1:] or difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+        )
         where = ".".join(loc[:-1]) or "top level"
         hint = f" Did you mean '{'.'.join([*loc[:-1], guess[0]])}'?" if guess else ""
         return f"unknown key '{name}'.{hint} Valid keys in {where}: {', '.join(valid)}."
