@@ -188,3 +188,40 @@ def test_the_corpus_is_big_enough():
     committed = {e["file"] for e in ENTRIES if not e.get("generated")}
     assert committed == {p.name for p in BROKEN.iterdir() if p.name != "manifest.json"}
     assert {e["expect"] for e in ENTRIES} == {"ok", "skip", "error"}
+
+
+def test_preference_on_gemma2_merges_system_and_rejects_what_the_template_refuses(tokenizers):
+    """The issue's case: Gemma 2's template raises "System role not supported" (and "roles must
+    alternate"); a preference run used to stop with jinja2's traceback there."""
+    from lmtune.data.preference import PreferencePair
+    from lmtune.errors import ConfigError, DataError
+    from lmtune.train.preference import fit_lengths
+
+    tok = tokenizers("gemma2")
+    answer = [{"role": "assistant", "content": "a"}]
+    system = PreferencePair(
+        [{"role": "system", "content": "Be brief"}, {"role": "user", "content": "p"}],
+        answer,
+        [{"role": "assistant", "content": "b"}],
+        source="x.jsonl#1",
+    )
+    double_user = PreferencePair(
+        [{"role": "user", "content": "p"}, {"role": "user", "content": "q"}],
+        answer,
+        [{"role": "assistant", "content": "b"}],
+        source="x.jsonl#2",
+    )
+    kept, stats, rejects = fit_lengths([system, double_user], tokenizer=tok, max_length=256, max_prompt=None)
+    assert [r.prompt for r in kept] == [[{"role": "user", "content": "Be brief\n\np"}]]
+    rendered = tok.apply_chat_template(kept[0].prompt + answer, tokenize=False)
+    assert "<start_of_turn>user\nBe brief\n\np<end_of_turn>" in rendered
+    assert [(r.reason, r.file, r.record, r.field) for r in rejects] == [
+        ("template_error", "x.jsonl", 2, "prompt")
+    ]
+    assert "Conversation roles must alternate" in rejects[0].message and "Fix:" in rejects[0].message
+    assert stats["samples"] == 1 and stats["rejected"] == 1
+
+    with pytest.raises(DataError, match="fails on every one of the 2 records"):
+        fit_lengths([double_user, double_user], tokenizer=tok, max_length=256, max_prompt=None)
+    with pytest.raises(ConfigError, match=r"no system role.*x\.jsonl#1.*system_merge: auto"):
+        fit_lengths([system], tokenizer=tok, max_length=256, max_prompt=None, system_merge="never")
