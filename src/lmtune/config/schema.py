@@ -15,6 +15,7 @@ from pydantic import Field, field_validator, model_validator
 from lmtune.config.distributed import DISTRIBUTED_STRATEGIES, DistributedSection  # noqa: F401 (re-export)
 from lmtune.config.rl import RL_BUILTIN_REWARDS, RewardEntry, RLSection  # noqa: F401 (re-export)
 from lmtune.config.section import Section
+from lmtune.config.tasks import check_formats
 
 
 class ModelSection(Section):
@@ -515,7 +516,7 @@ class RunConfig(Section):
             raise ValueError(
                 "a data.datasets entry has a name but data.registry is not set: point it at the dataset_info.json"
             )
-        _check_formats(self.task, self.data)
+        check_formats(self.task, self.data.format, [d.format for d in self.data.datasets])
         if self.data.labels is not None and self.task != "classification":
             raise ValueError(
                 f"data.labels (the label set) applies to task: classification, not task: {self.task}"
@@ -568,30 +569,3 @@ class RunConfig(Section):
         if self.data.datasets:
             raise ValueError(f"task: {self.task} reads one prompt file: use data.path, not data.datasets")
         return self
-
-
-# The record formats each task's loader reads (lmtune.data.sources); grpo/rloo read prompts their own way.
-TASK_FORMATS = {
-    "sft": ("openai", "sharegpt", "alpaca", "dolly", "prompt_completion"),
-    "pretrain": ("text",),
-    "classification": ("classification",),
-    "preference": ("preference", "sharegpt_ranking", "openai_preference", "kto"),
-    "grpo": (),
-    "rloo": (),
-}
-
-
-def _check_formats(task: str, data: DataSection) -> None:
-    """A format of another task is refused here, before anything is read or loaded."""
-    allowed = TASK_FORMATS[task]
-    named = [("data.format", data.format)] + [
-        (f"data.datasets[{i}].format", d.format) for i, d in enumerate(data.datasets)
-    ]
-    for key, fmt in named:
-        if fmt != "auto" and fmt not in allowed:
-            owner = next((t for t, fmts in TASK_FORMATS.items() if fmt in fmts), None)
-            choices = ", ".join(("auto", *allowed))
-            raise ValueError(
-                f"{key}: {fmt} is a format of task: {owner}, not of task: {task}. Set task: {owner} for this "
-                f"data, or use one of {choices}"
-            )
