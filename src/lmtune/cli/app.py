@@ -20,6 +20,7 @@ from lmtune.cli import (
     serve_cmd,
     train_cmd,
 )
+from lmtune.cli.errors import report, set_debug
 
 app = typer.Typer(
     name="lmtune",
@@ -46,7 +47,11 @@ app.command("push")(push_cmd.push)
 @app.callback()
 def _root(
     version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True),
+    debug: bool = typer.Option(
+        False, "--debug", help="On an error, print the full traceback too (or set LMTUNE_DEBUG=1)."
+    ),
 ) -> None:
+    set_debug(debug)
     if version:
         from lmtune import __version__
 
@@ -55,22 +60,15 @@ def _root(
 
 
 def main() -> None:
-    """Entry point: a user mistake (LmtuneError) is one red sentence and exit code 2."""
-    from lmtune.errors import LmtuneError
-
+    """Entry point: a user mistake (LmtuneError, or a library error its input caused) is one red
+    sentence and exit code 2; any other error one line and exit code 1; the trace only with --debug
+    (lmtune.cli.errors)."""
     try:
         app()
-    except LmtuneError as err:
-        from rich.console import Console
-
-        from lmtune.distributed.env import is_main_process
-
-        if not is_main_process():  # every launched process stops on the same mistake: rank 0 says it
-            sys.exit(2)
-        Console(stderr=True).print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
-        sys.exit(2)
     except KeyboardInterrupt:
         sys.exit(130)
+    except Exception as err:  # noqa: BLE001 - the one place every command's errors are explained
+        sys.exit(report(err))
 
 
 if __name__ == "__main__":

@@ -80,7 +80,7 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         try:
             raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as err:
-            raise ConfigError(f"{p}: invalid YAML: {err}") from None
+            raise ConfigError(f"{p}: invalid YAML: {_yaml_problem(err)}") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"{p}: expected a mapping of sections (model, data, method, train, ...).")
         base = p.resolve().parent
@@ -118,8 +118,37 @@ def validate_config(raw: dict[str, Any], source: str = "config") -> RunConfig:
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as err:
-        lines = [_explain(e) for e in err.errors()]
+        lines = list(dict.fromkeys(_explain(e) for e in _merge_unions(err.errors())))
+        if len(lines) == 1:  # the usual case: one mistake, one line
+            raise ConfigError(f"{source}: invalid configuration: {lines[0]}") from None
         raise ConfigError(f"{source}: invalid configuration:\n  - " + "\n  - ".join(lines)) from None
+
+
+def _merge_unions(errors: list[Any]) -> list[dict[str, Any]]:
+    """One error per key: pydantic reports a value that fits no member of `bool | Literal['auto']`
+    once per member (loc ending in the member's name); those become one 'expected A or B' line."""
+    out: list[dict[str, Any]] = []
+    groups: dict[tuple, dict[str, Any]] = {}
+    for e in errors:
+        loc = tuple(str(x) for x in e["loc"])
+        if len(loc) > 1 and (loc[-1] in _TYPE_TAGS or "[" in loc[-1]) and e["type"] != "value_error":
+            key = loc[:-1]
+            if key in groups:
+                groups[key]["msg"] += " or " + _expected(e)
+                continue
+            groups[key] = {**e, "loc": key, "type": "union", "msg": "Input should be " + _expected(e)}
+            out.append(groups[key])
+        else:
+            out.append(e)
+    return out
+
+
+_TYPE_TAGS = {"bool", "int", "float", "str", "list", "dict", "none", "is-instance", "function-after"}
+
+
+def _expected(e: dict[str, Any]) -> str:
+    """'a valid boolean' from 'Input should be a valid boolean, unable to ...'."""
+    return e["msg"].removeprefix("Input should be ").split(",")[0]
 
 
 def _explain(e: dict[str, Any]) -> str:
@@ -128,13 +157,49 @@ def _explain(e: dict[str, Any]) -> str:
     if e["type"] == "extra_forbidden":
         valid = _field_names(loc[:-1])
         synonym = SYNONYMS.get(loc[-1].lower())
-        guess = [synonym] if synonym in valid else difflib.get_close_matches(loc[-1], valid, n=1, cutoff=0.5)
+        key = loc[-1].lower()
+        # a known synonym, else a name the key starts with or that starts with it (lr_rate -> lr,
+        # max_len -> max_length), else the closest spelling
+        starts = sorted(
+            (v for v in valid if len(v) >= 2 and (key.startswith(v) or v.startswith(key))), key=len
+        )
+        guess = (
+            [synonym]
+            if synonym in valid
+            else starts[-1:] or difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+        )
         where = ".".join(loc[:-1]) or "top level"
         hint = f" Did you mean '{'.'.join([*loc[:-1], guess[0]])}'?" if guess else ""
         return f"unknown key '{name}'.{hint} Valid keys in {where}: {', '.join(valid)}."
     if e["type"] == "value_error":
         return e["msg"].removeprefix("Value error, ")
-    return f"{name}: {e['msg']} (got {e.get('input')!r})."
+    got = repr(e.get("input"))
+    got = got if len(got) <= 80 else got[:77] + "..."
+    did = ""
+    if e["type"] == "literal_error" and isinstance(e.get("input"), str):
+        choices = [
+            c.strip().strip("'")
+            for c in str(e.get("ctx", {}).get("expected", "")).replace(" or ", ",").split(",")
+        ]
+        close = difflib.get_close_matches(e["input"], [c for c in choices if c], n=1, cutoff=0.6)
+        did = f" Did you mean '{close[0]}'?" if close else ""
+    return f"{name}: {e['msg']} (got {got}).{did}"
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """One line: what is wrong and where (line, column), without YAML's multi-line excerpt."""
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    context = getattr(err, "context", None)
+    return (
+        f"{problem}{where}"
+        + (f" ({context})" if context else "")
+        + (
+            ". Fix: check the indentation and quoting there (a value containing ': ' or starting with "
+            "'{', '[', '*' or '&' needs quotes)."
+        )
+    )
 
 
 def _field_names(loc: list[str]) -> list[str]:

@@ -15,6 +15,7 @@ from pydantic import Field, field_validator, model_validator
 from lmtune.config.distributed import DISTRIBUTED_STRATEGIES, DistributedSection  # noqa: F401 (re-export)
 from lmtune.config.rl import RL_BUILTIN_REWARDS, RewardEntry, RLSection  # noqa: F401 (re-export)
 from lmtune.config.section import Section
+from lmtune.config.tasks import check_formats
 
 
 class ModelSection(Section):
@@ -548,6 +549,13 @@ class RunConfig(Section):
             raise ValueError(
                 "a data.datasets entry has a name but data.registry is not set: point it at the dataset_info.json"
             )
+        check_formats(self.task, self.data.format, [d.format for d in self.data.datasets])
+        if self.data.labels is not None and self.task != "classification":
+            raise ValueError(
+                f"data.labels (the label set) applies to task: classification, not task: {self.task}"
+            )
+        if self.data.text_split != "document" and self.task != "pretrain":
+            raise ValueError(f"data.text_split applies to task: pretrain (.txt files), not task: {self.task}")
         if self.task != "preference" and self.preference != PreferenceSection():
             raise ValueError(f"the preference section applies to task: preference, not task: {self.task}")
         if self.task == "classification" and self.eval.path:

@@ -134,11 +134,12 @@ def load_examples(
     if not result.records:
         reasons = Counter(r.reason for r in result.rejects)
         first = result.rejects[0]
+        # the first reject's message carries its fix; the column mapping is the other usual cause
         raise DataError(
             f"no usable records: all {result.total} were rejected "
-            f"({', '.join(f'{n} {r}' for r, n in reasons.most_common(3))}). First: {first.message}",
+            f"({', '.join(f'{n} {r}' for r, n in reasons.most_common(3))}; the file's columns are mapped as: "
+            f"{mapping.describe()}, see `columns:`). First: record {first.record}: {first.message}",
             file=file,
-            hint="check `columns:` (the file's columns are mapped as: " + mapping.describe() + ").",
         )
     return result
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 from collections.abc import Callable, Iterable
 from itertools import islice
 from pathlib import Path
@@ -201,10 +202,14 @@ def _raise_nothing_valid(file: str, rejects: list[Reject | None], total: int) ->
         first = rejects_[0]
         line = f" (line {first.line})" if first.line else ""
         detail = f" First: record {first.record}{line}: {first.message}"
+    # the first reject's message carries its own fix; a second, generic one only where it has none
+    has_fix = " Fix: " in detail
     raise DataError(
         f"no usable records: all {total} were rejected ({top}).{detail}",
         file=file,
-        hint="fix the problem above, which every record shares, or check `format:` / `columns:`.",
+        hint=None
+        if has_fix
+        else "fix the problem above, which every record shares, or check `format:` / `columns:`.",
     )
 
 
@@ -218,8 +223,19 @@ def write_jsonl(rows: Iterable[dict[str, Any]], path: str | Path) -> None:
 
 
 def write_rejects(rejects: Iterable[Reject], path: str | Path) -> None:
-    """rejects.jsonl: every skipped record with where it was, why, and its raw data."""
-    write_jsonl((r.to_dict() for r in rejects), path)
+    """rejects.jsonl: every skipped record with where it was, why, and its raw data (NaN and
+    infinities, which the reader accepts but JSON has no words for, written as strings)."""
+    write_jsonl(({**r.to_dict(), "raw": _finite(r.raw)} for r in rejects), path)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
 
 
 def summarize_rejects(result: LoadResult, rejects_file: str = "rejects.jsonl") -> str:

@@ -71,7 +71,7 @@ def iter_raw_records(
         return _read_parquet(p, str(path))
     # JSON lines, CSV/TSV and line/paragraph text are read as a stream (one line at a time), so a
     # file of millions of records never sits in memory as a whole; a JSON array has to be parsed whole.
-    if suffix in (".jsonl", ".ndjson") and _first_char(p, str(path)) != "[":
+    if suffix in (".jsonl", ".ndjson") and _first_char(p, str(path)) != "[" and not _pretty_start(p):
         return _read_jsonl(_stream_lines(p, str(path)), str(path))
     if suffix in (".csv", ".tsv"):
         return _read_delimited_stream(p, str(path), tsv=suffix == ".tsv", header=header)
@@ -95,6 +95,13 @@ def _first_char(p: Path, file: str) -> str:
             head = fh.read(4096)
         stripped = head.lstrip()
         return chr(stripped[0]) if stripped else ""
+
+
+def _pretty_start(p: Path) -> bool:
+    """Whether the first non-blank line is a lone "{": pretty-printed objects, read whole."""
+    with p.open("rb") as fh:
+        head = fh.read(4096).removeprefix(b"\xef\xbb\xbf").lstrip()
+    return head.split(b"\n", 1)[0].strip() == b"{"
 
 
 def _check_not_utf16(head: bytes, file: str) -> None:
@@ -165,19 +172,34 @@ def _read_json(text: str, file: str) -> Iterator[RawRecord]:
     except json.JSONDecodeError as e:
         if stripped.startswith("{") and _first_line_is_object(stripped):
             return _read_jsonl(text, file)  # JSON lines saved with a .json name
+        objects = _scan_objects(text)
+        if objects is not None:
+            return _array_records(objects[0], objects[1], file)  # pretty-printed objects one after another
+        python = (
+            " It looks like Python syntax (single quotes, True/False/None), not JSON."
+            if _is_python(text)
+            else ""
+        )
         raise DataError(
-            f"invalid JSON: {e.msg} (line {e.lineno}, column {e.colno}).",
+            f"invalid JSON: {e.msg} (line {e.lineno}, column {e.colno}).{python}",
             file=file,
             line=e.lineno,
-            hint="fix the JSON at that position (a missing comma or quote, or a trailing comma, is typical); "
+            hint=(PYTHON_HINT + " " if python else "")
+            + "fix the JSON at that position (a missing comma or quote, or a trailing comma, is typical); "
             "or save one object per line as .jsonl so one bad record does not stop the whole file.",
+        ) from None
+    except (ValueError, RecursionError) as e:  # a 5000-digit number, nesting deeper than Python's stack
+        raise DataError(
+            f"the JSON cannot be read: {_value_problem(e)}.",
+            file=file,
+            hint="write numbers with at most 4300 digits (or as strings) and nest lists/objects less deeply.",
         ) from None
     if isinstance(data, list):
         return _array_records(data, None, file)
     if isinstance(data, dict):
         return _array_records(_unwrap_object(data, file), None, file)
     raise DataError(
-        f"the file holds a JSON {type(data).__name__}, not records.",
+        f"the file holds a JSON {_json_type(data)}, not records.",
         file=file,
         hint='store a JSON array of objects, e.g. [{"instruction": ..., "output": ...}], or one object per line.',
     )
@@ -189,6 +211,11 @@ def _read_jsonl_or_array(text: str, file: str) -> Iterator[RawRecord]:
         scanned = _scan_array(text)
         if scanned is not None:
             return _array_records(scanned[0], scanned[1], file)
+    first = next((line.strip() for line in text.split("\n") if line.strip()), "")
+    if first == "{":  # pretty-printed objects one after another: a line of "{" is never a whole record
+        objects = _scan_objects(text)
+        if objects is not None:
+            return _array_records(objects[0], objects[1], file)
     return _read_jsonl(text, file)
 
 
@@ -204,16 +231,26 @@ def _read_jsonl(text: str | Iterable[str], file: str) -> Iterator[RawRecord]:
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
+            if _is_python(line):
+                problem = f"is a Python dict, not JSON ({e.msg} at column {e.colno}). Fix: {PYTHON_HINT}"
+            else:
+                problem = (f"is not valid JSON: {e.msg} at column {e.colno}. Fix: repair that line "
+                           "(each line must be one complete JSON object) or delete it.")  # fmt: skip
+            yield RawRecord(index, lineno, None, _reject(
+                file, index, lineno, "invalid_json", line.rstrip("\r"), f"line {lineno} {problem}",
+            ))  # fmt: skip
+            continue
+        except (ValueError, RecursionError) as e:  # a 5000-digit number, nesting deeper than the stack
             yield RawRecord(index, lineno, None, _reject(
                 file, index, lineno, "invalid_json", line.rstrip("\r"),
-                f"line {lineno} is not valid JSON: {e.msg} at column {e.colno}. Fix: repair that line "
-                "(each line must be one complete JSON object) or delete it.",
+                f"line {lineno} cannot be read: {_value_problem(e)}. Fix: write numbers with at most 4300 "
+                "digits (or as strings) and nest lists/objects less deeply.",
             ))  # fmt: skip
             continue
         if not isinstance(obj, dict):
             yield RawRecord(index, lineno, None, _reject(
                 file, index, lineno, "not_an_object", obj,
-                f"line {lineno} is a JSON {type(obj).__name__}, not an object. Fix: make each line one "
+                f"line {lineno} is a JSON {_json_type(obj)}, not an object. Fix: make each line one "
                 "JSON object such as {\"messages\": [...]}.",
             ))  # fmt: skip
             continue
@@ -224,8 +261,67 @@ def _first_line_is_object(text: str) -> bool:
     first = text.split("\n", 1)[0]
     try:
         return isinstance(json.loads(first), dict)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):
         return False
+
+
+PYTHON_HINT = (
+    "write the records with json.dumps(record) (double quotes, true/false/null), not str(record) or print()."
+)
+_PYTHON_WORDS = re.compile(r"(?<![\w\"])(True|False|None)(?![\w\"])")
+
+
+def _is_python(text: str) -> bool:
+    """Whether `text` (invalid JSON) reads as a Python literal: a dict printed with str()/repr()."""
+    head = text.lstrip()[:200_000]
+    if not head.startswith(("{", "[")) or not ("'" in head or _PYTHON_WORDS.search(head)):
+        return False
+    import ast
+
+    try:
+        return isinstance(ast.literal_eval(head.strip()), (dict, list))
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return bool(_PYTHON_WORDS.search(head)) and head.startswith("{'")
+
+
+def _json_type(value: Any) -> str:
+    """The JSON name of a parsed value's type (null, boolean, number, string, array, object)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    return {str: "string", list: "array", dict: "object"}.get(type(value), type(value).__name__)
+
+
+def _value_problem(e: Exception) -> str:
+    if isinstance(e, RecursionError):
+        return "lists/objects are nested too deeply"
+    if "integer string conversion" in str(e):
+        return "a number has more than 4300 digits"
+    return str(e)
+
+
+def _scan_objects(text: str) -> tuple[list[Any], list[int]] | None:
+    """JSON values written one after another (pretty-printed objects in a .jsonl file) with each
+    one's start line, or None when the text is not exactly that."""
+    decoder = json.JSONDecoder()
+    items: list[Any] = []
+    lines: list[int] = []
+    line, last = 1, 0
+    pos = _WS.match(text, 0).end()
+    try:
+        while pos < len(text):
+            line += text.count("\n", last, pos)
+            last = pos
+            obj, pos = decoder.raw_decode(text, pos)
+            items.append(obj)
+            lines.append(line)
+            pos = _WS.match(text, pos).end()
+    except (ValueError, RecursionError):
+        return None
+    return (items, lines) if items else None
 
 
 def _scan_array(text: str) -> tuple[list[Any], list[int]] | None:
@@ -260,7 +356,7 @@ def _scan_array(text: str) -> tuple[list[Any], list[int]] | None:
                 return (items, lines) if _WS.match(text, pos + 1).end() == len(text) else None
             else:
                 return None
-    except (json.JSONDecodeError, ValueError):
+    except (ValueError, RecursionError):
         return None
 
 
@@ -289,7 +385,7 @@ def _array_records(items: list[Any], lines: list[int] | None, file: str) -> Iter
         else:
             yield RawRecord(i, line, None, _reject(
                 file, i, line, "not_an_object", obj,
-                f"record {i} is a JSON {type(obj).__name__}, not an object. Fix: make every array "
+                f"record {i} is a JSON {_json_type(obj)}, not an object. Fix: make every array "
                 "element a JSON object.",
             ))  # fmt: skip
 

@@ -186,8 +186,8 @@ def check_system_role(tokenizer: Any, records: list[Any], system_merge: str) -> 
         if system_merge == "never":
             raise ConfigError(
                 "The chat template has no system role (it rejects or drops system messages) and the data "
-                "has system messages. Remove them, or set data.system_merge: auto to put the system text "
-                "at the start of the first user turn."
+                f"has system messages (e.g. {first.source or 'the first record with one'}). Remove them, or "
+                "set data.system_merge: auto to put the system text at the start of the first user turn."
             )
         return SYSTEM_MERGE_NOTE
     msgs, tools, _ = template_view([m.to_dict() for m in first.messages], first.tools, tokenizer)

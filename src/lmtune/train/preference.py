@@ -29,7 +29,7 @@ from lmtune.errors import ConfigError, DataError
 from lmtune.train.session import RunResult, Session
 
 REFERENCE_LOSSES = ("sigmoid", "ipo", "hinge", "kto")  # the ones scored against a reference model
-LENGTH_REASONS = ("prompt_too_long",)
+LENGTH_REASONS = ("prompt_too_long", "template_error")
 # summary["metrics"] name -> the key TRL logs on evaluation (eval_ prefixed).
 EVAL_METRICS = {
     "reward_accuracy": "eval_rewards/accuracies",
@@ -53,6 +53,7 @@ def run(cfg: RunConfig, *, resume: bool = False, console: Any = None) -> RunResu
         "tokenizer": tokenizer,
         "max_length": cfg.data.max_length,
         "max_prompt": cfg.preference.max_prompt_length,
+        "system_merge": cfg.data.system_merge,
     }
     train, train_info, train_rej = fit_lengths(train, **fit)
     val, val_info, val_rej = fit_lengths(val, **fit)
@@ -139,49 +140,41 @@ def match_records(records: list[Any], loss: str) -> list[Any]:
 
 
 def fit_lengths(
-    records: list[Any], *, tokenizer: Any, max_length: int, max_prompt: int | None
+    records: list[Any],
+    *,
+    tokenizer: Any,
+    max_length: int,
+    max_prompt: int | None,
+    system_merge: str = "auto",
 ) -> tuple[list[Any], dict[str, Any], list[Reject]]:
     """Measure each record with the chat template; shorten prompts over `max_prompt` tokens; reject
-    those that leave no room for the answer. Returns (kept, stats, rejects)."""
-    from lmtune.tokenize.dataset import percentiles
+    those that leave no room for the answer, and those the template raises on (template_error, with
+    its message; a template that fails on every record is one DataError). A system message goes into
+    the first user turn for a template without a system role (Gemma), as for SFT (data.system_merge).
+    Returns (kept, stats, rejects)."""
+    from lmtune.tokenize.dataset import percentiles, raise_if_template_fails_everywhere
 
+    records = merge_system_prompts(records, tokenizer, system_merge)
     kept, rejects, lengths, truncated = [], [], [], 0
+    failed: list[Any] = []
     for rec in records:
-        prompt = rec.prompt
-        n_prompt = _count(tokenizer, prompt, rec.tools, generation=True)
-        if max_prompt is not None and n_prompt > max_prompt:
-            prompt = shorten_prompt(prompt, tokenizer, max_prompt, rec.tools)
-            n_prompt = _count(tokenizer, prompt, rec.tools, generation=True) if prompt else n_prompt
-        if prompt is None or n_prompt >= max_length:
-            limit = (
-                f"preference.max_prompt_length ({max_prompt})"
-                if prompt is None
-                else f"data.max_length ({max_length})"
-            )
-            file, _, num = rec.source.rpartition("#")
-            rejects.append(
-                Reject(
-                    file=file or rec.source,
-                    record=int(num) if num.isdigit() else None,
-                    line=None,
-                    field="prompt",
-                    reason="prompt_too_long",
-                    message=f"the prompt alone is {n_prompt} tokens with the chat template, which leaves no room "
-                    f"for the answer within {limit}. Fix: raise data.max_length, or set "
-                    "preference.max_prompt_length to shorten long prompts.",
-                    raw=_raw(rec),
-                )
-            )
+        try:
+            fitted = _fit_one(rec, tokenizer, max_length, max_prompt)
+        except Exception as err:  # noqa: BLE001 - anything the model's template raises is about this record
+            from lmtune.tokenize.masking import template_error
+
+            failed.append(template_error(err))
+            rejects.append(_reject(rec, "template_error", str(failed[-1]), field="prompt"))
             continue
-        if prompt is not rec.prompt:
-            rec = copy.copy(rec)
-            rec.prompt = prompt
-        answers = [rec.chosen, rec.rejected] if isinstance(rec, PreferencePair) else [rec.completion]
-        for answer in answers:
-            n = _count(tokenizer, prompt + answer, rec.tools)
-            lengths.append(n)
-            truncated += n > max_length
+        if isinstance(fitted, Reject):
+            rejects.append(fitted)
+            continue
+        rec, ns = fitted
+        lengths += ns
+        truncated += sum(n > max_length for n in ns)
         kept.append(rec)
+    if failed and len(failed) == len(records):
+        raise_if_template_fails_everywhere(records, failed)
     lengths.sort()
     stats = {
         "samples": len(kept),
@@ -191,6 +184,78 @@ def fit_lengths(
         "length_percentiles": percentiles(lengths),
     }
     return kept, stats, rejects
+
+
+def merge_system_prompts(records: list[Any], tokenizer: Any, system_merge: str) -> list[Any]:
+    """Records whose prompt starts with a system message, rewritten for a template that has no system
+    role: the system text opens the first user turn (SFT's data.system_merge: auto); `never` stops."""
+    from lmtune.tokenize.templates import has_system_role, merge_system
+
+    with_system = [
+        r
+        for r in records
+        if len(r.prompt) > 1 and r.prompt[0].get("role") == "system" and r.prompt[1].get("role") == "user"
+    ]
+    if not with_system or has_system_role(tokenizer):
+        return records
+    if system_merge == "never":
+        raise ConfigError(
+            f"The chat template has no system role (it rejects or drops system messages) and the data has "
+            f"system messages (e.g. {with_system[0].source}). Remove them, or set data.system_merge: auto to "
+            "put the system text at the start of the first user turn."
+        )
+    out = []
+    for r in records:
+        if r in with_system:
+            r = copy.copy(r)
+            system, user = r.prompt[0], r.prompt[1]
+            merged = {**user, "content": merge_system(system.get("content") or "", user.get("content") or "")}
+            r.prompt = [merged, *r.prompt[2:]]
+        out.append(r)
+    return out
+
+
+def _reject(rec: Any, reason: str, message: str, *, field: str) -> Reject:
+    file, _, num = rec.source.rpartition("#")
+    return Reject(
+        file=file or rec.source,
+        record=int(num) if num.isdigit() else None,
+        line=None,
+        field=field,
+        reason=reason,
+        message=message,
+        raw=_raw(rec),
+    )
+
+
+def _fit_one(
+    rec: Any, tokenizer: Any, max_length: int, max_prompt: int | None
+) -> Reject | tuple[Any, list[int]]:
+    """One record measured: a prompt_too_long Reject, or (the record, its answers' token counts)."""
+    prompt = rec.prompt
+    n_prompt = _count(tokenizer, prompt, rec.tools, generation=True)
+    if max_prompt is not None and n_prompt > max_prompt:
+        prompt = shorten_prompt(prompt, tokenizer, max_prompt, rec.tools)
+        n_prompt = _count(tokenizer, prompt, rec.tools, generation=True) if prompt else n_prompt
+    if prompt is None or n_prompt >= max_length:
+        limit = (
+            f"preference.max_prompt_length ({max_prompt})"
+            if prompt is None
+            else f"data.max_length ({max_length})"
+        )
+        return _reject(
+            rec,
+            "prompt_too_long",
+            f"the prompt alone is {n_prompt} tokens with the chat template, which leaves no room for the "
+            f"answer within {limit}. Fix: raise data.max_length, or set preference.max_prompt_length to "
+            "shorten long prompts.",
+            field="prompt",
+        )
+    if prompt is not rec.prompt:
+        rec = copy.copy(rec)
+        rec.prompt = prompt
+    answers = [rec.chosen, rec.rejected] if isinstance(rec, PreferencePair) else [rec.completion]
+    return rec, [_count(tokenizer, prompt + answer, rec.tools) for answer in answers]
 
 
 def shorten_prompt(prompt: list[dict[str, Any]], tokenizer: Any, limit: int, tools: Any) -> list[dict] | None:
