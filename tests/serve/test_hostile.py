@@ -138,10 +138,12 @@ def _drip(sock: socket.socket, data: bytes, every: float, stop: threading.Event)
         time.sleep(every)
 
 
-def _slow_client(port: int, data: bytes) -> tuple[bytes, float]:
-    """Open a connection, drip `data`, and return what the server sent before closing, and when."""
+def _slow_client(port: int, data: bytes, first: bytes = b"") -> tuple[bytes, float]:
+    """Open a connection, send `first` at once and drip `data`; return what the server sent before
+    closing, and after how long."""
     started = time.monotonic()
     sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    sock.sendall(first)
     stop = threading.Event()
     drip = threading.Thread(target=_drip, args=(sock, data, 0.2, stop), daemon=True)
     drip.start()
@@ -160,23 +162,26 @@ def _slow_client(port: int, data: bytes) -> tuple[bytes, float]:
 
 
 def test_slow_clients_are_cut_off_and_others_served(live):
-    """A client dripping its headers, and one dripping its body, one byte every 0.2 s (their full
-    requests would take about a minute): each gets a 408 in OpenAI's shape and is disconnected after
-    about READ_TIMEOUT seconds, while a normal client is served meanwhile."""
+    """A client dripping its headers, one dripping its body, and one dripping a second request's
+    headers on a kept-alive connection, one byte every 0.2 s (their full requests would take about a
+    minute): each gets a 408 in OpenAI's shape and is disconnected after about READ_TIMEOUT seconds,
+    while a normal client is served meanwhile."""
     body = json.dumps(chat_body()).encode()
     headers = (
         f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n"
         f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
     ).encode()
     results: dict[str, tuple[bytes, float]] = {}
-    slow = [
-        threading.Thread(
-            target=lambda: results.__setitem__("headers", _slow_client(live.port, headers + body))
-        ),
-        threading.Thread(
-            target=lambda: results.__setitem__("body", _slow_client_body(live.port, headers, body))
-        ),
-    ]
+    clients = {  # name: (sent at once, dripped)
+        "headers": (b"", headers + body),
+        "body": (headers, body),
+        "kept-alive": (headers + body, headers + body),  # a quick request, then a slow one
+    }
+
+    def run(name: str) -> None:
+        results[name] = _slow_client(live.port, clients[name][1], clients[name][0])
+
+    slow = [threading.Thread(target=run, args=(name,)) for name in clients]
     for thread in slow:
         thread.start()
     time.sleep(0.3)
@@ -184,35 +189,16 @@ def test_slow_clients_are_cut_off_and_others_served(live):
     assert served.choices[0].finish_reason in ("stop", "length")
     for thread in slow:
         thread.join(timeout=30)
-    for part in ("headers", "body"):
-        received, closed_after = results[part]
+    answered, _ = results["kept-alive"]
+    assert answered.startswith(b"HTTP/1.1 200"), answered[:200]
+    results["kept-alive"] = (answered[answered.index(b"HTTP/1.1 408") :], results["kept-alive"][1])
+    for name, (received, closed_after) in results.items():
+        part = "body" if name == "body" else "headers"
         head, _, payload = received.partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 408"), received[:200]
         error = json.loads(payload)["error"]
         assert error["code"] == "request_timeout" and f"request's {part}" in error["message"]
-        assert READ_TIMEOUT * 0.9 <= closed_after < READ_TIMEOUT + 5, (part, closed_after)
-
-
-def _slow_client_body(port: int, headers: bytes, body: bytes) -> tuple[bytes, float]:
-    """Headers at once, then the body dripped."""
-    started = time.monotonic()
-    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
-    sock.sendall(headers)
-    stop = threading.Event()
-    drip = threading.Thread(target=_drip, args=(sock, body, 0.2, stop), daemon=True)
-    drip.start()
-    received = b""
-    try:
-        while chunk := sock.recv(65536):
-            received += chunk
-    except OSError:
-        pass
-    finally:
-        closed_after = time.monotonic() - started
-        stop.set()
-        sock.close()
-        drip.join(timeout=5)
-    return received, closed_after
+        assert READ_TIMEOUT * 0.9 <= closed_after < READ_TIMEOUT + 5, (name, closed_after)
 
 
 def test_clients_leaving_mid_stream_free_their_rows(live):

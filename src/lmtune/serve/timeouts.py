@@ -6,9 +6,10 @@ header byte every few seconds keeps its connection (and a file descriptor) forev
 them exhaust the server. Two pieces close that gap:
 
 - headers: `timed_h11(seconds)` is uvicorn's own h11 protocol (passed as `Config(http=...)`, its
-  documented way to choose a protocol class) with a timer armed when a connection opens and after
-  each response; if no new request's headers have been parsed when it fires, the client gets a 408
-  in OpenAI's error shape and the connection is closed;
+  documented way to choose a protocol class) with a timer armed when a connection opens, and on a
+  kept-alive connection when the next request's first bytes come; if that request's headers have
+  not been parsed when it fires, the client gets a 408 in OpenAI's error shape and the connection
+  is closed;
 - body: app.py's guard middleware gives the body the same time once the headers are in (a 408 too).
 
 A slow client never holds a worker thread either way: the routes run in threads only once the whole
@@ -42,9 +43,14 @@ def timed_h11(seconds: float) -> type[H11Protocol]:
             super().connection_made(transport)
             self._arm()
 
-        def on_response_complete(self) -> None:
-            super().on_response_complete()
-            self._arm()  # the next request on this connection gets the same time
+        def data_received(self, data: bytes) -> None:
+            # the first bytes of a next request on a kept-alive connection start its clock (an idle
+            # connection is uvicorn's keep-alive timeout's business)
+            between_requests = self.cycle is None or self.cycle.response_complete
+            timing = getattr(self, "_header_timer", None) is not None and self._waiting_for is self.cycle
+            if between_requests and not timing:
+                self._arm()
+            super().data_received(data)
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
@@ -52,8 +58,8 @@ def timed_h11(seconds: float) -> type[H11Protocol]:
 
         def _arm(self) -> None:
             self._disarm()
-            waiting_for = self.cycle  # a new request's headers make a new cycle
-            self._header_timer = self.loop.call_later(seconds, self._too_slow, waiting_for)
+            self._waiting_for = self.cycle  # a new request's headers make a new cycle
+            self._header_timer = self.loop.call_later(seconds, self._too_slow, self._waiting_for)
 
         def _disarm(self) -> None:
             timer = getattr(self, "_header_timer", None)
@@ -66,7 +72,7 @@ def timed_h11(seconds: float) -> type[H11Protocol]:
             if self.transport.is_closing() or self.cycle is not waiting_for:
                 return  # closed already, or the headers came: the body has its own deadline
             if waiting_for is not None and not waiting_for.response_complete:
-                return  # still answering the previous request: re-armed when it completes
+                return  # still answering the previous request
             body = json.dumps(
                 error_body(timeout_message(seconds, "headers"), code="request_timeout")
             ).encode()
