@@ -120,3 +120,38 @@ def test_repetition_penalty_per_row_matches_transformers(tiny_model_and_tokenize
     expected = tokenizer.decode(row, skip_special_tokens=True)
     assert "".join(penalized) == expected != raw_continuation(model, tokenizer, PROMPTS[0], 16)
     assert "".join(plain) == raw_continuation(model, tokenizer, PROMPTS[3], 16)
+
+
+@pytest.mark.parametrize("prefill_tokens", [2048, 16])
+def test_requests_joining_at_once_are_prefilled_together(tiny_model_and_tokenizer, prefill_tokens):
+    """Four prompts of different lengths arrive together while a row is generating: they are prefilled
+    in one left-padded forward (or, with a small `prefill_tokens`, in chunks of 4 columns with the
+    running row stepping in between), and each gets exactly the greedy text it gets alone."""
+    import math
+
+    from lmtune.serve.engine import Scheduler
+
+    model, tokenizer = tiny_model_and_tokenizer
+    scheduler = Scheduler(
+        model, ModelSlot("x", model, tokenizer).eos, max_batch=8, prefill_tokens=prefill_tokens
+    )
+    slot = ModelSlot("tiny", model, tokenizer, scheduler=scheduler)
+    running, _ = start(slot, PROMPTS[1], max_new_tokens=40)
+    wait_for(lambda: len(running.request.generated) >= 3)
+    prefills, steps = scheduler.prefills, scheduler.steps
+    with scheduler._wake:  # all four are waiting before the scheduler looks at the queue again
+        later = [
+            start(slot, p, max_new_tokens=10 + i) for i, p in enumerate([PROMPTS[0], *PROMPTS[2:], "Hi"])
+        ]
+    texts = ["".join(r) for r, _ in later]
+    prompts = [PROMPTS[0], *PROMPTS[2:], "Hi"]
+    expected = [raw_continuation(model, tokenizer, p, 10 + i) for i, p in enumerate(prompts)]
+    assert texts == expected and all(expected)
+    assert "".join(running) == raw_continuation(model, tokenizer, PROMPTS[1], 40)
+    width = max(len(slot.text_prompt(p)) for p in prompts)
+    chunks = math.ceil(width / max(1, prefill_tokens // len(prompts)))
+    assert scheduler.prefills - prefills == chunks  # one group, not one forward per request
+    assert chunks == (1 if prefill_tokens == 2048 else math.ceil(width / 4)) and width > 4
+    assert scheduler.steps - steps >= 10  # the running row kept stepping (also between the chunks)
+    assert scheduler.widest == 5
+    wait_for(lambda: scheduler.active() == 0)

@@ -115,3 +115,36 @@ def test_vllm_command_line(runs, tiny_model_dir, tmp_path):
     if "vllm" not in sys.modules:
         with pytest.raises(ConfigError, match="needs vLLM, which is not installed"):
             run_vllm(plan)
+
+
+def test_adapters_mixed_in_one_batched_prefill(runs):
+    """Requests for both adapters (and prompts of different lengths) arrive together while a row is
+    generating: one prefill forward routes each row through its own LoRA, and every reply equals that
+    run served alone."""
+    slots = load_slots([str(r) for r in runs], max_batch=8)
+    scheduler = slots[0].scheduler
+    options = GenerationOptions(max_new_tokens=12)
+    expected = {}
+    for run, slot in zip(runs, slots, strict=True):
+        alone = load_target(str(run), quiet=True)
+        expected[slot.id] = generate_replies(alone.model, alone.tokenizer, QUESTIONS, options)
+    running = slots[1].generate(
+        slots[1].chat_prompt(QUESTIONS[0]),
+        GenerationOptions(max_new_tokens=30),
+        strip=True,
+        outcome=Outcome(),
+    )
+    next(iter(running))
+    prefills = scheduler.prefills
+    with scheduler._wake:  # all four wait together
+        replies = {
+            (slot.id, i): slot.generate(slot.chat_prompt(q), options, strip=True, outcome=Outcome())
+            for i, q in enumerate(QUESTIONS)
+            for slot in slots
+        }
+    got = {key: "".join(reply) for key, reply in replies.items()}
+    running.close()
+    assert scheduler.prefills - prefills == 1
+    for slot in slots:
+        assert [got[(slot.id, i)] for i in range(len(QUESTIONS))] == expected[slot.id]
+    assert expected[slots[0].id] != expected[slots[1].id]

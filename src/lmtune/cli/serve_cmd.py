@@ -23,6 +23,11 @@ def serve(
     ),
     max_tokens_limit: int = typer.Option(2048, min=1, help="Most tokens one request may generate."),
     max_request_bytes: int = typer.Option(1_000_000, min=1, help="Largest request body accepted, in bytes."),
+    read_timeout: float = typer.Option(
+        30.0,
+        min=0.001,
+        help="Seconds a request's headers, and then its body, may take to arrive (slow clients are cut off).",
+    ),
     max_batch: int = typer.Option(
         16, min=1, help="Most requests generating together per model (continuous batching)."
     ),
@@ -60,5 +65,6 @@ def serve(
         api_key=api_key,
         max_tokens_limit=max_tokens_limit,
         max_request_bytes=max_request_bytes,
+        read_timeout=read_timeout,
         echo=lambda text: typer.echo(text, err=False),
     )

@@ -38,6 +38,7 @@ from lmtune.serve.protocol import (
     sse,
     usage,
 )
+from lmtune.serve.timeouts import DEFAULT_READ_TIMEOUT, timeout_message
 
 
 def create_app(
@@ -46,13 +47,15 @@ def create_app(
     api_key: str | None = None,
     max_tokens_limit: int = 2048,
     max_request_bytes: int = 1_000_000,
+    read_timeout: float | None = DEFAULT_READ_TIMEOUT,
 ) -> FastAPI:
-    """The app serving `slots` (each already loaded), chosen per request by the `model` field."""
+    """The app serving `slots` (each already loaded), chosen per request by the `model` field.
+    `read_timeout`: seconds a request's body may take to arrive once its headers are in (None: no limit)."""
     models = {slot.id: slot for slot in slots}
     created = now()
     # No /docs or /openapi.json: the API is OpenAI's (docs/serve.md), and less surface is safer.
     app = FastAPI(title="lmtune", docs_url=None, redoc_url=None, openapi_url=None)
-    app.add_middleware(_Guard, api_key=api_key, max_bytes=max_request_bytes)
+    app.add_middleware(_Guard, api_key=api_key, max_bytes=max_request_bytes, read_timeout=read_timeout)
     _install_error_handlers(app)
 
     def find(name: str) -> ModelSlot:
@@ -255,10 +258,13 @@ class _EventStream(StreamingResponse):
 
 
 class _Guard:
-    """ASGI middleware run before any body is read: the API key (401), then the body size (413)."""
+    """ASGI middleware run before any body is read: the API key (401), then the body size (413) and
+    the time the body takes to arrive (408: a slow client is cut off, see timeouts.py)."""
 
-    def __init__(self, app: ASGIApp, *, api_key: str | None, max_bytes: int) -> None:
-        self.app, self.api_key, self.max_bytes = app, api_key, max_bytes
+    def __init__(
+        self, app: ASGIApp, *, api_key: str | None, max_bytes: int, read_timeout: float | None = None
+    ) -> None:
+        self.app, self.api_key, self.max_bytes, self.read_timeout = app, api_key, max_bytes, read_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -278,11 +284,18 @@ class _Guard:
         if length.isdigit() and int(length) > self.max_bytes:
             await _error_response(self._too_large())(scope, receive, send)
             return
-        received = 0
+        received, body_done = 0, False
+        deadline = None if self.read_timeout is None else anyio.current_time() + self.read_timeout
 
         async def counted() -> Message:  # a chunked body has no length up front: count it as it comes
-            nonlocal received
-            message = await receive()
+            nonlocal received, body_done
+            if body_done or deadline is None:  # later receives wait for a disconnect: no deadline
+                return await receive()
+            with anyio.move_on_after(deadline - anyio.current_time()) as timer:
+                message = await receive()
+            if timer.cancelled_caught:
+                raise APIError(408, timeout_message(self.read_timeout or 0, "body"), code="request_timeout")
+            body_done = message["type"] != "http.request" or not message.get("more_body", False)
             received += len(message.get("body", b""))
             if received > self.max_bytes:
                 raise self._too_large()
@@ -308,6 +321,8 @@ def _error_response(error: APIError) -> JSONResponse:
     headers = {"WWW-Authenticate": "Bearer"} if error.status == 401 else None
     if error.status == 429:
         headers = {"Retry-After": "1"}
+    if error.status in (408, 413):  # the rest of the body may never come (or is not wanted): hang up
+        headers = {"Connection": "close"}
     return JSONResponse(error.body(), status_code=error.status, headers=headers)
 
 
@@ -324,6 +339,8 @@ def _install_error_handlers(app: FastAPI) -> None:
         assert isinstance(err, StarletteHTTPException)
         code = {404: "not_found", 405: "method_not_allowed"}.get(err.status_code)
         message = f"{err.detail}: {request.method} {request.url.path}"
+        if isinstance(err.__cause__, RecursionError):  # json.loads on e.g. 100000 nested brackets
+            message = "The request body is nested too deeply to be parsed as JSON."
         if err.status_code == 404:
             message += " (the API is /v1/models, /v1/chat/completions and /v1/completions)"
         return _error_response(APIError(err.status_code, message, code=code))

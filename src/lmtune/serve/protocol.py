@@ -12,7 +12,7 @@ import time
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lmtune.infer.generate import GenerationOptions
@@ -44,6 +44,10 @@ def error_body(
     message: str, *, type: str = "invalid_request_error", param: str | None = None, code: str | None = None
 ) -> dict[str, Any]:
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+MAX_STOP_STRINGS = 16  # OpenAI allows 4; each one is searched for after every generated token
+MAX_STOP_CHARS = 256
 
 
 class _Strict(BaseModel):
@@ -91,6 +95,18 @@ class SamplingRequest(_Strict):
     logit_bias: Any = None
     presence_penalty: Any = None
     frequency_penalty: Any = None
+
+    @field_validator("stop")
+    @classmethod
+    def _bounded_stop(cls, stop: str | list[str] | None) -> str | list[str] | None:
+        """Thousands of stop strings (or huge ones) would make every decoding step slow for the whole
+        batch: a short list of short strings is all a client needs."""
+        many = [stop] if isinstance(stop, str) else stop or []
+        if len(many) > MAX_STOP_STRINGS:
+            raise ValueError(f"at most {MAX_STOP_STRINGS} stop strings are accepted, got {len(many)}")
+        if any(len(s) > MAX_STOP_CHARS for s in many):
+            raise ValueError(f"each stop string must be at most {MAX_STOP_CHARS} characters")
+        return stop
 
     def requested_tokens(self) -> int | None:
         return self.max_tokens

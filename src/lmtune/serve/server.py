@@ -12,10 +12,12 @@ import json
 import socket
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from lmtune.errors import ConfigError
 from lmtune.serve.engine import ModelSlot
 from lmtune.serve.engine.slot import DEFAULT_MAX_BATCH, DEFAULT_MAX_QUEUE
+from lmtune.serve.timeouts import DEFAULT_READ_TIMEOUT, timed_h11
 
 
 def load_slots(
@@ -159,6 +161,7 @@ def serve(
     api_key: str | None = None,
     max_tokens_limit: int = 2048,
     max_request_bytes: int = 1_000_000,
+    read_timeout: float = DEFAULT_READ_TIMEOUT,
     echo: Callable[[str], None] = print,
 ) -> None:
     """Run the server until interrupted."""
@@ -168,12 +171,24 @@ def serve(
 
     if api_key is not None and not api_key.strip():
         raise ConfigError("--api-key is empty: give a key, or leave the option out.")
+    if read_timeout <= 0:
+        raise ConfigError(f"--read-timeout must be a positive number of seconds, got {read_timeout}.")
     app = create_app(
-        slots, api_key=api_key, max_tokens_limit=max_tokens_limit, max_request_bytes=max_request_bytes
+        slots,
+        api_key=api_key,
+        max_tokens_limit=max_tokens_limit,
+        max_request_bytes=max_request_bytes,
+        read_timeout=read_timeout,
     )
     sock = bind(host, port)
     actual_port = sock.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
     echo(banner(slots, f"http://{shown}:{actual_port}/v1", api_key=api_key is not None, host=host))
-    config = uvicorn.Config(app, log_level="info", timeout_graceful_shutdown=5)
-    uvicorn.Server(config).run(sockets=[sock])
+    uvicorn.Server(uvicorn_config(app, read_timeout=read_timeout)).run(sockets=[sock])
+
+
+def uvicorn_config(app: Any, *, read_timeout: float = DEFAULT_READ_TIMEOUT, log_level: str = "info") -> Any:
+    """Uvicorn's settings for `app`: the h11 protocol with header timeouts (timeouts.py)."""
+    import uvicorn
+
+    return uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=5, http=timed_h11(read_timeout))

@@ -2,9 +2,13 @@
 
 One `Scheduler` per loaded model (adapters of one base share it) owns the model in one thread.
 Between two decoding steps it drops rows that finished or whose client went away, and admits
-waiting requests (up to `max_batch` rows): each newcomer's prompt is run alone (its "prefill", so
-its cache is exactly what one-at-a-time generation computes), its first token is sent at once, and
-its cache is merged into the batch. Then one step feeds every row its last token.
+waiting requests (up to `max_batch` rows). The newcomers are prefilled together: their prompts are
+left-padded to one width and run in one forward (attention mask and position ids make each row see
+only its own prompt, at its own positions), so 30 requests arriving at once cost one batched
+forward, not 30 in a row. A group wider than `prefill_tokens` tokens (rows x columns) is fed in
+chunks of columns, and the running rows take a decoding step between two chunks, so a long prompt
+does not stall everyone else's stream. After the last chunk each newcomer gets its first token and
+the group's cache is merged into the batch. Then one step feeds every row its last token.
 
 Why not transformers' own continuous batching (`generate_batch` / `ContinuousBatchingManager`)? It
 is built around paged attention and CUDA graphs with one generation config for the whole batch and
@@ -39,6 +43,7 @@ from typing import Any
 from lmtune.infer.generate import GenerationOptions
 
 _END = None  # put on a request's queue when it will get no more tokens
+DEFAULT_PREFILL_TOKENS = 2048  # most prompt tokens (padding included) in one prefill forward
 
 
 class QueueFull(Exception):
@@ -67,12 +72,19 @@ class Scheduler:
     """The model's one generation thread, running every admitted request in one batch."""
 
     def __init__(
-        self, model: Any, eos_ids: Sequence[int], *, max_batch: int = 16, max_queue: int = 64
+        self,
+        model: Any,
+        eos_ids: Sequence[int],
+        *,
+        max_batch: int = 16,
+        max_queue: int = 64,
+        prefill_tokens: int = DEFAULT_PREFILL_TOKENS,
     ) -> None:
         if max_batch < 1 or max_queue < 0:
             raise ValueError(f"max_batch must be >= 1 and max_queue >= 0, got {max_batch}, {max_queue}")
         self.model, self.eos = model, set(eos_ids)
-        self.max_batch, self.max_queue = max_batch, max_queue
+        self.max_batch, self.max_queue, self.prefill_tokens = max_batch, max_queue, max(1, prefill_tokens)
+        self.pending: _Prefill | None = None  # newcomers being prefilled together, chunk by chunk
         self.waiting: deque[Request] = deque()
         self.rows: list[Request] = []  # the running batch, in cache row order
         self._wake = threading.Condition()
@@ -81,6 +93,7 @@ class Scheduler:
         self._joining = 0  # taken from the queue, not yet in rows
         self.batchable: bool | None = None  # known after the first prefill: are the caches plain?
         self.steps = 0  # decoding steps run (a prefill is not a step): for tests and stats
+        self.prefills = 0  # prefill forwards run (one per group, more when a long group is chunked)
         self.widest = 0  # most rows one step has run
         self._reset_batch()
 
@@ -126,33 +139,39 @@ class Scheduler:
         with torch.inference_mode():
             while True:
                 with self._wake:
-                    while not self._closed and not self.rows and not self.waiting:
+                    while not self._closed and not self.rows and not self.waiting and self.pending is None:
                         self._wake.wait()
                     if self._closed:
                         self._fail_all(RuntimeError("the server is shutting down"))
                         return
                     self._drop_cancelled_waiting()
-                    joining = []
-                    while self.waiting and len(self.rows) + len(joining) < self.max_batch:
-                        joining.append(self.waiting.popleft())
-                    self._joining = len(joining)
+                    if self.pending is None and self.waiting:
+                        joining = [
+                            self.waiting.popleft() for _ in range(min(self._room(), len(self.waiting)))
+                        ]
+                        self._joining = len(joining)
+                    else:
+                        joining = []
                 try:
-                    prefilled: list[tuple[Request, Any, int]] = []
-                    for i, request in enumerate(joining):
-                        if (self.rows or prefilled) and self.batchable is False:  # one row at a time
-                            with self._wake:
-                                self.waiting.extendleft(reversed(joining[i:]))
-                                self._joining = len(prefilled)
-                            break
-                        if (done := self._prefill(request)) is not None:
-                            prefilled.append(done)
-                    self._merge(prefilled)
+                    if joining:
+                        self.pending = _Prefill.start(joining, _device(self.model))
+                    if self.pending is not None:
+                        self._prefill_chunk()
                     self._leave_finished()
                     if self.rows:
                         self._step()
                         self._leave_finished()
                 except Exception as err:  # a model error: every running request gets it, the server lives
-                    self._fail_all(err, [r for r in joining if r not in self.rows])
+                    extra = self.pending.requests if self.pending is not None else joining
+                    self.pending = None
+                    self._fail_all(err, [r for r in extra if r not in self.rows])
+
+    def _room(self) -> int:
+        """How many waiting requests may start their prefill now."""
+        if self.batchable:
+            return self.max_batch - len(self.rows)
+        # not known yet (the first prompt tells), or a cache that cannot be batched: one row at a time
+        return 0 if self.rows else 1
 
     def _drop_cancelled_waiting(self) -> None:
         for request in [r for r in self.waiting if r.cancelled.is_set()]:
@@ -193,68 +212,76 @@ class Scheduler:
         request.tokens.put(token)
         return token in self.eos or len(request.generated) >= request.options.max_new_tokens
 
-    def _prefill(self, request: Request) -> tuple[Request, Any, int] | None:
-        """Run the prompt alone and send its first token: (request, its cache, its first token), or
-        None when it is already done."""
-        import torch
+    def _prefill_chunk(self) -> None:
+        """Feed the joining group's next columns (at most `prefill_tokens` tokens in all); after the
+        last chunk, send each newcomer its first token and merge the group into the batch."""
         from transformers import DynamicCache
 
         from lmtune.serve.engine.sampling import next_token
 
-        if request.cancelled.is_set():
-            self._left_early(request)
-            return None
-        config = getattr(self.model, "config", None)
-        cache = DynamicCache(config=config) if config is not None else DynamicCache()
-        ids = torch.tensor([request.prompt], device=_device(self.model))
+        group = self.pending
+        assert group is not None
+        if all(r.cancelled.is_set() for r in group.requests):  # every client left: skip the work
+            self.pending = None
+            with self._wake:
+                self._joining = 0
+            for request in group.requests:
+                request.tokens.put(_END)
+            return
+        if group.cache is None:
+            config = getattr(self.model, "config", None)
+            group.cache = DynamicCache(config=config) if config is not None else DynamicCache()
+        width = group.ids.shape[1]
+        # chunking needs plain caches; the others take the prompt in one forward
+        columns = max(1, self.prefill_tokens // len(group.requests)) if self.batchable else width
+        end = min(width, group.done + columns)
         logits = self._forward(
-            ids,
-            torch.ones_like(ids),
-            torch.arange(ids.shape[1], device=ids.device)[None],
-            cache,
-            [request.adapter],
+            group.ids[:, group.done : end],
+            group.mask[:, :end],
+            group.positions[:, group.done : end],
+            group.cache,
+            [r.adapter for r in group.requests],
         )
-        token = next_token(logits[0], request.options, request.prompt, request.generator)
-        if self._emit(request, token):
-            self._left_early(request)
-            return None
+        group.done = end
+        self.prefills += 1
+        if end < width:
+            return  # the running rows take a step before the next chunk
         if self.batchable is None:
-            self.batchable = _plain(cache)  # sliding-window or hybrid caches: rows never share a step
-        return request, cache, token
+            self.batchable = _plain(group.cache)  # sliding-window or hybrid caches: rows never share a step
+        first = []
+        for row, request in enumerate(group.requests):
+            if request.cancelled.is_set():
+                first.append(0)
+                continue
+            token = next_token(logits[row], request.options, request.prompt, request.generator)
+            first.append(token)
+            if self._emit(request, token):
+                request.cancel()  # done at its first token: leaves right after joining
+        self.pending = None
+        self._merge(group, first)
 
-    def _merge(self, prefilled: list[tuple[Request, Any, int]]) -> None:
-        """Add the newcomers' caches to the batch: every part left-padded to the widest, one
-        concatenation per layer (not one per newcomer)."""
+    def _merge(self, group: _Prefill, first: list[int]) -> None:
+        """Add the prefilled group's rows to the batch: both sides left-padded to the wider one, one
+        concatenation per layer."""
         import torch
 
-        if not prefilled:
-            return
-        device = _device(self.model)
-        lengths = [len(r.prompt) for r, _, _ in prefilled]
-        masks = [torch.ones(1, n, dtype=torch.long, device=device) for n in lengths]
-        positions = torch.tensor(lengths, device=device)
-        last = torch.tensor([t for _, _, t in prefilled], device=device)
-        caches = [c for _, c, _ in prefilled]
+        device = group.ids.device
+        positions = torch.tensor([len(r.prompt) for r in group.requests], device=device)
+        last = torch.tensor(first, device=device)
+        cache, mask = group.cache, group.mask
         if self.rows:
-            caches.insert(0, self.cache)
-            masks.insert(0, self.mask)
+            width = max(self.mask.shape[1], mask.shape[1])
+            for old, new in zip(self.cache.layers, cache.layers, strict=True):
+                old.keys = torch.cat([_pad_left(old.keys, width), _pad_left(new.keys, width)])
+                old.values = torch.cat([_pad_left(old.values, width), _pad_left(new.values, width)])
+            cache = self.cache
+            mask = torch.cat([_pad_left(self.mask, width), _pad_left(mask, width)])
             positions = torch.cat([self.positions, positions])
             last = torch.cat([self.last, last])
-        if len(caches) > 1:
-            width = max(m.shape[1] for m in masks)
-            for i, layer in enumerate(caches[0].layers):
-                layer.keys = torch.cat([_pad_left(c.layers[i].keys, width) for c in caches])
-                layer.values = torch.cat([_pad_left(c.layers[i].values, width) for c in caches])
-            masks = [torch.cat([_pad_left(m, width) for m in masks])]
-        self.cache, self.mask, self.positions, self.last = caches[0], masks[0], positions, last
+        self.cache, self.mask, self.positions, self.last = cache, mask, positions, last
         with self._wake:
-            self.rows.extend(r for r, _, _ in prefilled)
-            self._joining -= len(prefilled)
-
-    def _left_early(self, request: Request) -> None:
-        request.tokens.put(_END)
-        with self._wake:
-            self._joining -= 1
+            self.rows.extend(group.requests)
+            self._joining = 0
 
     def _step(self) -> None:
         """One token for every row."""
@@ -305,6 +332,31 @@ class Scheduler:
             layer.values = layer.values.index_select(0, index)[:, :, first:]
         self.positions = self.positions.index_select(0, index)
         self.last = self.last.index_select(0, index)
+
+
+@dataclass(eq=False)
+class _Prefill:
+    """Newcomers prefilled together: their prompts left-padded to one width, fed chunk by chunk."""
+
+    requests: list[Request]
+    ids: Any  # [rows, width] long, left-padded with 0
+    mask: Any  # [rows, width] long: 1 on prompt tokens
+    positions: Any  # [rows, width] long: each token's position in its own prompt (0 on padding)
+    cache: Any = None
+    done: int = 0  # columns fed so far
+
+    @classmethod
+    def start(cls, requests: list[Request], device: Any) -> _Prefill:
+        import torch
+
+        width = max(len(r.prompt) for r in requests)
+        ids = torch.zeros(len(requests), width, dtype=torch.long)
+        mask = torch.zeros(len(requests), width, dtype=torch.long)
+        for row, request in enumerate(requests):
+            ids[row, width - len(request.prompt) :] = torch.tensor(request.prompt)
+            mask[row, width - len(request.prompt) :] = 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        return cls(requests, ids.to(device), mask.to(device), positions.to(device))
 
 
 def _plain(cache: Any) -> bool:
