@@ -27,7 +27,7 @@ def lmtune(monkeypatch, capsys, *args: str, env: dict[str, str] | None = None) -
     """Run `lmtune ARGS` through its entry point; (exit code, stdout, stderr)."""
     monkeypatch.setattr(sys, "argv", ["lmtune", *args])
     monkeypatch.setenv("COLUMNS", "10000")  # one logical line stays one physical line
-    monkeypatch.delenv("LMTUNE_DEBUG", raising=False)
+    monkeypatch.setenv("LMTUNE_DEBUG", "0")  # off, and restored after the test (--debug sets it to 1)
     for key, value in (env or {}).items():
         monkeypatch.setenv(key, value)
     with pytest.raises(SystemExit) as done:

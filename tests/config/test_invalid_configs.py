@@ -136,6 +136,7 @@ def test_lmtune_train_reports_the_config_before_any_model(case, tmp_path, monkey
         monkeypatch.setattr(Session, name, refuse)
     monkeypatch.setattr(sys, "argv", ["lmtune", "train", _write(tmp_path, config)])
     monkeypatch.setenv("COLUMNS", "10000")
+    monkeypatch.setenv("LMTUNE_DEBUG", "0")
     with pytest.raises(SystemExit) as done:
         main()
     err = capsys.readouterr().err
@@ -157,6 +158,7 @@ def test_preference_loss_options_stop_before_any_model(tmp_path, monkeypatch, ca
     cfg = {"task": "preference", "data": D, "preference": {"loss": "kto"}, "train": {"batch_size": 1}}
     monkeypatch.setattr(sys, "argv", ["lmtune", "train", _write(tmp_path, cfg)])
     monkeypatch.setenv("COLUMNS", "10000")
+    monkeypatch.setenv("LMTUNE_DEBUG", "0")
     with pytest.raises(SystemExit) as done:
         main()
     err = capsys.readouterr().err
