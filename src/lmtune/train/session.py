@@ -67,6 +67,7 @@ class Session:
         self.strategy = dist_strategy.resolve(cfg.distributed, self.env)
         self.trainer: Any = None  # the task's Trainer, once training ran (the final save gathers through it)
         self.wrap: list[str] = []  # FSDP's per-layer units (the model's _no_split_modules)
+        self.find_unused = False  # DDP's find_unused_parameters (True for mixture-of-experts models)
         if self.strategy.distributed:
             from lmtune.models.load import resolve_device
 
@@ -230,6 +231,10 @@ class Session:
             model = (loader or load_causal_lm)(self.model_ref(), dtype=dtype, device=self.device, **kwargs)
             self.method.check(model, cfg.method)
         self.set_attention(model)
+        if self.strategy.name == "ddp":
+            from lmtune.distributed.strategy import unused_parameters
+
+            self.find_unused = unused_parameters(model)
         if self.strategy.name == "fsdp":
             from lmtune.distributed.strategy import wrap_classes
 
@@ -348,7 +353,12 @@ class Session:
             self.plan.gradient_checkpointing if self.plan else self.cfg.train.gradient_checkpointing is True
         )
         dist = trainer_kwargs(
-            self.cfg, self.strategy, device=self.device, wrap=self.wrap, checkpointing=bool(checkpointing)
+            self.cfg,
+            self.strategy,
+            device=self.device,
+            wrap=self.wrap,
+            checkpointing=bool(checkpointing),
+            find_unused=self.find_unused,
         )
         args = training_arguments(
             self.cfg,
