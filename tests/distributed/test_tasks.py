@@ -125,3 +125,29 @@ def test_classification_accumulation_equals_the_whole_batch(tmp_path):
     assert losses(runs[1]) == pytest.approx(losses(runs[0]), rel=1e-5)
     a, b = adapter(runs[1]), adapter(runs[0])
     assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-5
+
+
+def test_grpo_under_ddp_runs_and_only_rank0_writes(tiny_model_dir, tmp_path):
+    """GRPO samples its own answers on each process (no 1-process equality to check): it runs two
+    steps on 2 processes, and rank 1 writes nothing outside checkpoints/ (metrics, completions,
+    held-out scores and plots are rank 0's)."""
+    path = tmp_path / "prompts.jsonl"
+    rows = [{"prompt": f"What is {a} + {a + 3}?", "answer": str(2 * a + 3)} for a in range(1, 9)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    out = tmp_path / "run"
+    cfg = task_config("grpo", tiny_model_dir, {"path": str(path), "max_length": 64, "val_size": 2}, out)
+    cfg["rl"] = {"rewards": ["numeric_match"], "num_generations": 2, "max_completion_length": 6}
+    cfg["train"].update(max_steps=2, batch_size=2)
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    audit = tmp_path / "audit"
+    audit.mkdir()
+    done = lmtune_train(tmp_path / "c.yaml", "--nproc", "2", audit_dir=audit, root=out)
+    log = done.stdout + done.stderr
+    assert done.returncode == 0, log[-4000:]
+    assert "ddp over 2 process(es)" in log and "find_unused_parameters=True" not in log
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2] and all("rewards/numeric_match/mean" in r for r in rows)
+    assert (out / "adapter_model.safetensors").is_file() and (out / "held_out.json").is_file()
+    written = (audit / "rank1.txt").read_text().split() if (audit / "rank1.txt").exists() else []
+    assert all(w.startswith("checkpoints") for w in written), written
+    assert (audit / "rank0.txt").read_text().split().count("metrics.jsonl") == 1  # the recorder works

@@ -139,12 +139,18 @@ def check_supported(cfg: RunConfig, strategy: Strategy, device: str) -> None:
             "LoRA+ hands the Trainer its own optimizer, which the Trainer refuses under FSDP/DeepSpeed "
             "(they build the optimizer over the sharded parameters); drop method.lora_plus_ratio or use ddp"
         )
-    elif cfg.train.optim == "adamw_8bit":
-        why = "bitsandbytes' 8-bit AdamW does not take sharded (DTensor/ZeRO) parameters; use train.optim: adamw"
-    elif cfg.task == "preference":
+    elif cfg.train.optim != "adamw":
+        why = f"bitsandbytes' 8-bit AdamW ({cfg.train.optim}) does not take sharded (DTensor/ZeRO) parameters; use train.optim: adamw"
+    elif cfg.task in ("preference", "grpo", "rloo"):
         why = (
-            "TRL's preference trainers compute reference log-probs (a copied model, or the adapter switched "
-            "off) around the sharded forward, which lmtune has not verified; run it with strategy: ddp"
+            "TRL's preference and RL trainers compute reference log-probs (a copied model, or the adapter "
+            "switched off) around the sharded forward"
+            + (
+                " and sample answers with generate, which needs the full weights"
+                if cfg.task != "preference"
+                else ""
+            )
+            + ", which lmtune has not verified; run it with strategy: ddp (verified on 2 CPU processes)"
         )
     elif m in ("prefix", "prompt", "ptuning"):
         why = (
