@@ -66,6 +66,8 @@ def test_paged_adamw_8bit_needs_cuda_and_names_the_fix(tmp_path, lora_model):
     from lmtune.errors import ConfigError
 
     config = cfg(tmp_path, {"name": "lora"}, optim="paged_adamw_8bit")
-    assert training_arguments(config, RunDir(tmp_path), device="cpu", has_val=False).optim == "paged_adamw_8bit"
+    assert (
+        training_arguments(config, RunDir(tmp_path), device="cpu", has_val=False).optim == "paged_adamw_8bit"
+    )
     with pytest.raises(ConfigError, match="paged_adamw_8bit .*needs a CUDA device.*train.optim: adamw"):
         build_optimizer(lora_model, config)

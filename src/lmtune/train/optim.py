@@ -38,7 +38,9 @@ def build_optimizer(model: Any, cfg: RunConfig) -> Any | None:
     if cfg.train.optim != "adamw":
         import bitsandbytes as bnb
 
-        optimizer_cls = bnb.optim.PagedAdamW8bit if cfg.train.optim.startswith("paged") else bnb.optim.AdamW8bit
+        optimizer_cls = (
+            bnb.optim.PagedAdamW8bit if cfg.train.optim.startswith("paged") else bnb.optim.AdamW8bit
+        )
     else:
         import torch
 
