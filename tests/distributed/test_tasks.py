@@ -5,6 +5,7 @@ Why they must agree: data in file order, 2 samples per process = the two halves 
 batch of 4; pretrain's loss is divided by the trained tokens of the whole global batch, and
 classification's and preference's losses are per-sample means over equal halves, so DDP's
 averaged gradient is the 1-process gradient. Only the float32 summation order differs.
+Preference and GRPO launches are the slowest (TRL's trainers): they are marked slow.
 """
 
 from __future__ import annotations
@@ -93,6 +94,7 @@ def test_classification_under_ddp_matches_one_process(tmp_path):
     assert_same_run(*reference_and_ddp(cfg, tmp_path))
 
 
+@pytest.mark.slow  # ~140 s on the loaded 2-core machine: TRL's trainer start-up in 3 processes
 def test_preference_under_ddp_matches_one_process(tiny_model_dir, tmp_path):
     rows = [
         {"prompt": f"What is {a} plus {a + 2}?", "chosen": f"It is {2 * a + 2}.", "rejected": f"It is {a}."}
@@ -127,6 +129,7 @@ def test_classification_accumulation_equals_the_whole_batch(tmp_path):
     assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-5
 
 
+@pytest.mark.slow  # ~120 s on the loaded 2-core machine
 def test_grpo_under_ddp_runs_and_only_rank0_writes(tiny_model_dir, tmp_path):
     """GRPO samples its own answers on each process (no 1-process equality to check): it runs two
     steps on 2 processes, and rank 1 writes nothing outside checkpoints/ (metrics, completions,
