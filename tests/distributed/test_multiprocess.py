@@ -146,16 +146,30 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_existing_accelerate_yaml_is_used_as_it_is(reference, tiny_model_dir, sums_file, tmp_path):
-    """distributed.config_file names the YAML `accelerate config` writes for one machine with 2 GPUs;
+ACCELERATE_TYPES = {
+    # what `accelerate config` writes for one machine with 2 GPUs, plain DDP
+    "ddp": "distributed_type: MULTI_GPU\ngpu_ids: all\n",
+    # ... and FSDP2 full shard per decoder layer
+    "fsdp": "distributed_type: FSDP\n"
+    "fsdp_config:\n"
+    "  fsdp_version: 2\n"
+    "  fsdp_auto_wrap_policy: TRANSFORMER_BASED_WRAP\n"
+    "  fsdp_transformer_layer_cls_to_wrap: LlamaDecoderLayer\n"
+    "  fsdp_reshard_after_forward: true\n"
+    "  fsdp_state_dict_type: SHARDED_STATE_DICT\n"
+    "  fsdp_offload_params: false\n"
+    "  fsdp_cpu_ram_efficient_loading: false\n",
+}
+
+
+@pytest.mark.parametrize("kind", ["ddp", "fsdp"])
+def test_existing_accelerate_yaml_is_used_as_it_is(reference, tiny_model_dir, sums_file, tmp_path, kind):
+    """distributed.config_file names an accelerate YAML written for one machine with 2 GPUs;
     `lmtune train --nproc 2` starts the processes through `accelerate launch --config_file` with it
     (here they are CPU processes on gloo) and the run equals the 1-process reference."""
     accelerate_yaml = tmp_path / "two_gpus.yaml"
     accelerate_yaml.write_text(
-        "compute_environment: LOCAL_MACHINE\n"
-        "distributed_type: MULTI_GPU\n"
-        "gpu_ids: all\n"
-        "machine_rank: 0\n"
+        "compute_environment: LOCAL_MACHINE\n" + ACCELERATE_TYPES[kind] + "machine_rank: 0\n"
         "main_training_function: main\n"
         "mixed_precision: 'no'\n"
         "num_machines: 1\n"
@@ -172,13 +186,16 @@ def test_existing_accelerate_yaml_is_used_as_it_is(reference, tiny_model_dir, su
         tiny_model_dir,
         sums_file,
         out,
-        train={"batch_size": 2},
+        train={"batch_size": 2, "save_steps": 4},
         distributed={"config_file": str(accelerate_yaml)},
     )
     done = lmtune_train(cfg, "--nproc", "2")
     log = done.stdout + done.stderr
     assert done.returncode == 0, log[-4000:]
-    assert "ddp over 2 process(es)" in log and "find_unused_parameters=True" not in log
+    assert f"{kind} over 2 process(es)" in log and "find_unused_parameters=True" not in log
+    # FSDP really sharded the model (one shard file per rank), DDP saved a whole adapter
+    shards = list((out / "checkpoints" / "checkpoint-4").glob("pytorch_model_fsdp_0/*.distcp"))
+    assert len(shards) == (2 if kind == "fsdp" else 0)
     assert losses(out) == pytest.approx(losses(reference), rel=1e-5)
     close(adapter(out), adapter(reference), atol=1e-4)
 

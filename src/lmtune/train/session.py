@@ -382,7 +382,7 @@ class Session:
     def quiet(self, trainer: Any) -> Any:
         """Our progress bar and metrics file replace the Trainer's own printing (and, for FSDP on
         CPU processes, the Trainer's accelerator is pointed at FSDP: distributed/env.fsdp_on_cpu)."""
-        if self.strategy.name == "fsdp" and self.device == "cpu" and self.strategy.config_kind is None:
+        if self.strategy.name == "fsdp" and self.device == "cpu":
             from lmtune.distributed.env import fsdp_on_cpu
 
             fsdp_on_cpu(trainer)
