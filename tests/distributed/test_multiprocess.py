@@ -162,7 +162,9 @@ ACCELERATE_TYPES = {
 }
 
 
-@pytest.mark.parametrize("kind", ["ddp", "fsdp"])
+# the FSDP file runs in CI (it also shows the model really sharded); the DDP file takes the same
+# launch path and is slow-marked to keep CI short
+@pytest.mark.parametrize("kind", [pytest.param("ddp", marks=pytest.mark.slow), "fsdp"])
 def test_existing_accelerate_yaml_is_used_as_it_is(reference, tiny_model_dir, sums_file, tmp_path, kind):
     """distributed.config_file names an accelerate YAML written for one machine with 2 GPUs;
     `lmtune train --nproc 2` starts the processes through `accelerate launch --config_file` with it
