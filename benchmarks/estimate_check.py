@@ -154,6 +154,7 @@ def measure_time(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only-time", action="store_true")
+    parser.add_argument("--only-memory", action="store_true", help="skip the timed steps")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rows", type=int, default=2, help="rows per timed step")
     parser.add_argument("--seq", type=int, default=256, help="tokens per row in the timed step")
@@ -169,10 +170,12 @@ def main() -> None:
     results: dict = {"machine": os.uname().nodename, "threads": args.threads}
     peak = matmul_peak(args.threads)
     results["bf16_matmul_tflops"] = peak / 1e12
+    results["load_average_before"] = os.getloadavg()
     results["time"] = [
         measure_time(f"{m} {k}", ref, method, peak)
         for m, ref in models.items()
         for k, method in METHODS.items()
+        if not args.only_memory
     ]
     (OUT / "results.json").write_text(json.dumps(results, indent=1))
     if not args.only_time:
@@ -180,7 +183,9 @@ def main() -> None:
             measure_memory(f"{m}-{k}", config(ref, method, OUT / f"run-{m}-{k}"))
             for m, ref in models.items()
             for k, method in METHODS.items()
+            if args.memory_cases is None or f"{m}-{k}" in args.memory_cases
         ]
+    results["load_average_after"] = os.getloadavg()
     (OUT / "results.json").write_text(json.dumps(results, indent=1))
     print(f"bf16 matmul peak: {peak / 1e12:.3f} TFLOP/s ({args.threads} threads)\n")
     print(

@@ -1,11 +1,12 @@
 """Memory by model size: `lmtune estimate`'s GPU plan for Qwen2.5-shaped 0.5B/1.5B/7B/14B models x
-methods x strategies at 8 GPUs, written into docs/estimate.md between its markers.
+methods x strategies at 8 GPUs, written into docs/estimate.md and docs/distributed.md between their
+markers.
 
 The models are their config.json only (benchmarks/model_shapes/, copied from the public Qwen2.5
 configs' sizes): no weights, no hub. Run:
 
     python benchmarks/estimate_tables.py            # print the table
-    python benchmarks/estimate_tables.py --write    # and replace it in docs/estimate.md
+    python benchmarks/estimate_tables.py --write    # and replace it in both pages
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ METHODS = {
 STRATEGIES = ["ddp", "zero2", "zero3", "zero3-offload-all", "fsdp"]
 SETTINGS = {"data": {"path": "none.jsonl", "max_length": 2048}, "train": {"batch_size": 1, "bf16": True}}
 START, END = "<!-- memory-by-size:start -->", "<!-- memory-by-size:end -->"
+DOCS = [ROOT / "docs" / "estimate.md", ROOT / "docs" / "distributed.md"]
 
 
 def table(world: int = 8) -> str:
@@ -39,7 +41,8 @@ def table(world: int = 8) -> str:
     out = [
         f"GiB per GPU at {world} GPUs (1 node x {world}), per-GPU batch 1 x 2048 tokens, bf16, flash attention, "
         "gradient checkpointing on, AdamW; LoRA/QLoRA on all linear layers. "
-        "`fits` marks what fits an 80 GB GPU (A100 80G).",
+        "`fits` marks what fits an 80 GB GPU (A100 80G). QLoRA under ZeRO/FSDP is what the estimate "
+        "computes, but `lmtune train` refuses that combination (4-bit weights are not sharded): *refused*.",
         "",
         "| model | method | parameters | trainable | " + " | ".join(names) + " |",
         "|---|---|---|---|" + "---|" * len(names),
@@ -55,7 +58,8 @@ def table(world: int = 8) -> str:
             cells = []
             for row in plan.rows_on:
                 mark = " fits" if row.total <= gpus[0].memory else ""
-                cells.append(f"{row.total / 2**30:.1f}{mark}")
+                refused = method["name"] == "qlora" and row.strategy.key != "ddp"
+                cells.append(f"{row.total / 2**30:.1f}{mark}" + (" *refused*" if refused else ""))
             est = _counts(cfg)
             out.append(
                 f"| {size} | {label} | {est[0] / 1e9:.2f}B | {est[1] / 1e6:,.1f}M | "
@@ -80,8 +84,7 @@ def main() -> None:
     args = parser.parse_args()
     text = table(args.world)
     print(text)
-    if args.write:
-        doc = ROOT / "docs" / "estimate.md"
+    for doc in DOCS if args.write else []:
         body = doc.read_text()
         new = re.sub(
             re.escape(START) + ".*?" + re.escape(END), START + "\n" + text + "\n" + END, body, flags=re.S

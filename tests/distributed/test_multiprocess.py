@@ -12,6 +12,8 @@ process would draw its own masks.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -132,5 +134,109 @@ def test_deepspeed_zero_matches_one_process(reference, tiny_model_dir, sums_file
     done = lmtune_train(cfg, "--nproc", "2", timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert f"ZeRO stage {stage}" in done.stdout
+    assert losses(out) == pytest.approx(losses(reference), rel=1e-5)
+    close(adapter(out), adapter(reference), atol=1e-4)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+ACCELERATE_TYPES = {
+    # what `accelerate config` writes for one machine with 2 GPUs, plain DDP
+    "ddp": "distributed_type: MULTI_GPU\ngpu_ids: all\n",
+    # ... and FSDP2 full shard per decoder layer
+    "fsdp": "distributed_type: FSDP\n"
+    "fsdp_config:\n"
+    "  fsdp_version: 2\n"
+    "  fsdp_auto_wrap_policy: TRANSFORMER_BASED_WRAP\n"
+    "  fsdp_transformer_layer_cls_to_wrap: LlamaDecoderLayer\n"
+    "  fsdp_reshard_after_forward: true\n"
+    "  fsdp_state_dict_type: SHARDED_STATE_DICT\n"
+    "  fsdp_offload_params: false\n"
+    "  fsdp_cpu_ram_efficient_loading: false\n",
+}
+
+
+# the FSDP file runs in CI (it also shows the model really sharded); the DDP file takes the same
+# launch path and is slow-marked to keep CI short
+@pytest.mark.parametrize("kind", [pytest.param("ddp", marks=pytest.mark.slow), "fsdp"])
+def test_existing_accelerate_yaml_is_used_as_it_is(reference, tiny_model_dir, sums_file, tmp_path, kind):
+    """distributed.config_file names an accelerate YAML written for one machine with 2 GPUs;
+    `lmtune train --nproc 2` starts the processes through `accelerate launch --config_file` with it
+    (here they are CPU processes on gloo) and the run equals the 1-process reference."""
+    accelerate_yaml = tmp_path / "two_gpus.yaml"
+    accelerate_yaml.write_text(
+        "compute_environment: LOCAL_MACHINE\n" + ACCELERATE_TYPES[kind] + "machine_rank: 0\n"
+        "main_training_function: main\n"
+        "mixed_precision: 'no'\n"
+        "num_machines: 1\n"
+        "num_processes: 2\n"
+        "rdzv_backend: static\n"
+        "same_network: true\n"
+        f"main_process_port: {free_port()}\n"
+        "use_cpu: false\n",
+        encoding="utf-8",
+    )
+    out = tmp_path / "run"
+    cfg = write_config(
+        tmp_path / "acc.yaml",
+        tiny_model_dir,
+        sums_file,
+        out,
+        train={"batch_size": 2, "save_steps": 4},
+        distributed={"config_file": str(accelerate_yaml)},
+    )
+    done = lmtune_train(cfg, "--nproc", "2")
+    log = done.stdout + done.stderr
+    assert done.returncode == 0, log[-4000:]
+    assert f"{kind} over 2 process(es)" in log and "find_unused_parameters=True" not in log
+    # FSDP really sharded the model (one shard file per rank), DDP saved a whole adapter
+    shards = list((out / "checkpoints" / "checkpoint-4").glob("pytorch_model_fsdp_0/*.distcp"))
+    assert len(shards) == (2 if kind == "fsdp" else 0)
+    assert losses(out) == pytest.approx(losses(reference), rel=1e-5)
+    close(adapter(out), adapter(reference), atol=1e-4)
+
+
+@pytest.mark.slow
+def test_zero3_resume_from_its_own_json_matches_one_process(reference, tiny_model_dir, sums_file, tmp_path):
+    """ZeRO-3 from an existing DeepSpeed JSON file (distributed.config_file, used as it is): 2 steps
+    with a sharded checkpoint (each rank its own partition), then --resume to step 4, equal to the
+    1-process reference. Slow and optional (deepspeed is an extra; see the ZeRO test above)."""
+    pytest.importorskip("deepspeed")
+    ds_json = tmp_path / "zero3.json"
+    ds_json.write_text(
+        json.dumps(
+            {
+                "train_micro_batch_size_per_gpu": "auto",
+                "train_batch_size": "auto",
+                "gradient_accumulation_steps": "auto",
+                "gradient_clipping": "auto",
+                "zero_optimization": {"stage": 3, "stage3_gather_16bit_weights_on_model_save": True},
+            }
+        ),
+        encoding="utf-8",
+    )
+    out = tmp_path / "run"
+    cfg = write_config(
+        tmp_path / "zero3.yaml",
+        tiny_model_dir,
+        sums_file,
+        out,
+        train={"batch_size": 2, "save_steps": 2, "max_steps": 2},
+        distributed={"config_file": str(ds_json)},
+    )
+    first = lmtune_train(cfg, "--nproc", "2", timeout=900)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert "ZeRO stage 3" in first.stdout
+    ckpt = out / "checkpoints" / "checkpoint-2"
+    parts = sorted(p.name for p in ckpt.glob("global_step2/*optim_states.pt"))
+    assert len(parts) == 2, sorted(p.name for p in ckpt.rglob("*"))  # one optimizer partition per rank
+    second = lmtune_train(cfg, "--nproc", "2", "--resume", "--set", "train.max_steps=4", timeout=900)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert losses(out) == pytest.approx(losses(reference), rel=1e-5)
     close(adapter(out), adapter(reference), atol=1e-4)

@@ -24,6 +24,7 @@ from lmtune.errors import ConfigError
 def cfg(**dist):
     method = dist.pop("method", {"name": "lora"})
     task = dist.pop("task", "sft")
+    rl = {"rl": {"rewards": ["numeric_match"]}} if task in ("grpo", "rloo") else {}
     return validate_config(
         {
             "task": task,
@@ -31,6 +32,7 @@ def cfg(**dist):
             "data": {"path": "d.jsonl"},
             "method": method,
             "distributed": dist,
+            **rl,
         }
     )
 
@@ -129,6 +131,8 @@ def test_fsdp_translation_reaches_accelerates_plugin(tiny_model_and_tokenizer):
         ({"strategy": "fsdp", "method": {"name": "qlora"}}, "QLoRA's 4-bit"),
         ({"strategy": "deepspeed", "method": {"name": "lora", "lora_plus_ratio": 16}}, "LoRA\\+"),
         ({"strategy": "fsdp", "task": "preference", "method": {"name": "lora"}}, "reference log-probs"),
+        ({"strategy": "deepspeed", "task": "grpo", "method": {"name": "lora"}}, "generate, which needs"),
+        ({"strategy": "fsdp", "task": "rloo", "method": {"name": "full"}}, "generate, which needs"),
         ({"strategy": "fsdp", "method": {"name": "prefix"}}, "virtual-token"),
     ],
 )
@@ -143,6 +147,31 @@ def test_ddp_runs_every_method_and_task():
     for name in ("qlora", "prefix", "adapter", "bitfit", "ia3", "full", "freeze", "ptuning"):
         c = cfg(strategy="ddp", method={"name": name})
         check_supported(c, resolve(c.distributed, LaunchEnv(0, 2, 0)), "cpu")  # no refusal
+    for task in ("pretrain", "classification", "preference", "grpo", "rloo"):
+        c = cfg(strategy="ddp", task=task)
+        check_supported(c, resolve(c.distributed, LaunchEnv(0, 2, 0)), "cpu")
+
+
+def test_ddp_looks_for_unused_parameters_only_in_mixture_of_experts_models():
+    """Dense models use every trainable parameter each step (False: no extra graph walk, no torch
+    warning); an expert that got no token does not (True, or DDP stops at the next step)."""
+    from types import SimpleNamespace
+
+    from lmtune.distributed.strategy import unused_parameters
+
+    dense = SimpleNamespace(config=SimpleNamespace(num_hidden_layers=2, num_experts=None))
+    assert unused_parameters(dense) is False
+    for key in ("num_local_experts", "num_experts", "n_routed_experts"):
+        assert unused_parameters(SimpleNamespace(config=SimpleNamespace(**{key: 8}))) is True
+    c = cfg(strategy="ddp")
+    s = resolve(c.distributed, LaunchEnv(0, 2, 0))
+    kw = trainer_kwargs(c, s, device="cpu", wrap=[], checkpointing=False, find_unused=False)
+    assert kw == {"ddp_backend": "gloo", "ddp_find_unused_parameters": False}
+    f = cfg(strategy="fsdp")
+    kw = trainer_kwargs(
+        f, resolve(f.distributed, LaunchEnv(0, 2, 0)), device="cpu", wrap=[], checkpointing=False
+    )
+    assert "ddp_find_unused_parameters" not in kw
 
 
 def test_fast_paths_switched_off_per_strategy():

@@ -1,4 +1,4 @@
-"""docs/estimate.md's "Memory by model size" table is the script's output, not typed by hand."""
+"""docs/estimate.md's and docs/distributed.md's "Memory by model size" table is the script's output, not typed by hand."""
 
 from __future__ import annotations
 
@@ -15,7 +15,9 @@ def test_memory_by_size_table_is_generated():
     )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    doc = (ROOT / "docs" / "estimate.md").read_text()
-    found = re.search(re.escape(module.START) + r"\n(.*)\n" + re.escape(module.END), doc, re.S)
-    assert found, "docs/estimate.md lost its memory-by-size markers"
-    assert found.group(1) == module.table(), "regenerate: python benchmarks/estimate_tables.py --write"
+    text = module.table()
+    for page in ("estimate.md", "distributed.md"):
+        doc = (ROOT / "docs" / page).read_text()
+        found = re.search(re.escape(module.START) + r"\n(.*)\n" + re.escape(module.END), doc, re.S)
+        assert found, f"docs/{page} lost its memory-by-size markers"
+        assert found.group(1) == text, "regenerate: python benchmarks/estimate_tables.py --write"

@@ -58,3 +58,16 @@ def test_adamw_8bit_reaches_the_trainer(tmp_path, lora_model):
     trainer = Trainer(model=lora_model, args=args)
     trainer.create_optimizer()
     assert type(trainer.optimizer).__module__.startswith("bitsandbytes.optim")
+
+
+def test_paged_adamw_8bit_needs_cuda_and_names_the_fix(tmp_path, lora_model):
+    """The paged optimizer (QLoRA's setting) pages its state through CUDA unified memory: on this
+    CPU run it is refused before training, while the Trainer is told the bitsandbytes name."""
+    from lmtune.errors import ConfigError
+
+    config = cfg(tmp_path, {"name": "lora"}, optim="paged_adamw_8bit")
+    assert (
+        training_arguments(config, RunDir(tmp_path), device="cpu", has_val=False).optim == "paged_adamw_8bit"
+    )
+    with pytest.raises(ConfigError, match="paged_adamw_8bit .*needs a CUDA device.*train.optim: adamw"):
+        build_optimizer(lora_model, config)

@@ -210,7 +210,7 @@ def suggestions(cfg: Any, limit: int, *, device: str | None = None) -> list[Sugg
     )
     if method != "qlora":
         steps.append(("method qlora (LoRA on a 4-bit base; bitsandbytes)", [["method.name=qlora"]]))
-    if t.optim != "adamw_8bit":
+    if t.optim == "adamw":
         steps.append(
             ("train.optim adamw_8bit (8-bit optimizer state; bitsandbytes)", [["train.optim=adamw_8bit"]])
         )

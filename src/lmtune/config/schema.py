@@ -387,9 +387,11 @@ class TrainSection(Section):
     grad_accum: int = Field(1, ge=1, description="Gradient accumulation steps per optimizer step.")
     lr: float = Field(2e-4, gt=0, description="Peak learning rate.")
     weight_decay: float = Field(0.0, ge=0)
-    optim: Literal["adamw", "adamw_8bit"] = Field(
+    optim: Literal["adamw", "adamw_8bit", "paged_adamw_8bit"] = Field(
         "adamw",
-        description="Optimizer. adamw_8bit keeps its state in 8 bits (bitsandbytes), a quarter of the memory.",
+        description="Optimizer. adamw_8bit keeps its state in 8 bits (bitsandbytes), a quarter of the memory; "
+        "paged_adamw_8bit also pages that state to CPU memory on a GPU memory spike (CUDA only), the QLoRA "
+        "paper's setting.",
     )
     scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = Field("cosine")
     warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Fraction of steps spent warming up.")

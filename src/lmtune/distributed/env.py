@@ -92,9 +92,15 @@ def fsdp_on_cpu(trainer: Any) -> None:
     from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
 
     state = trainer.accelerator.state
-    if state.distributed_type == DistributedType.FSDP or trainer.args.fsdp_plugin_args is None:
+    if state.distributed_type == DistributedType.FSDP:
         return
-    plugin = FullyShardedDataParallelPlugin(**trainer.args.fsdp_plugin_args)
+    if trainer.args.fsdp_plugin_args is not None:  # our distributed: section
+        plugin = FullyShardedDataParallelPlugin(**trainer.args.fsdp_plugin_args)
+    elif os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true":
+        # `accelerate launch --config_file` with an FSDP YAML: the plugin reads its FSDP_* variables
+        plugin = FullyShardedDataParallelPlugin()
+    else:
+        return
     if trainer.args.bf16:
         plugin.set_mixed_precision("bf16")
     state.fsdp_plugin = plugin

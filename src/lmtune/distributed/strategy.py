@@ -139,12 +139,18 @@ def check_supported(cfg: RunConfig, strategy: Strategy, device: str) -> None:
             "LoRA+ hands the Trainer its own optimizer, which the Trainer refuses under FSDP/DeepSpeed "
             "(they build the optimizer over the sharded parameters); drop method.lora_plus_ratio or use ddp"
         )
-    elif cfg.train.optim == "adamw_8bit":
-        why = "bitsandbytes' 8-bit AdamW does not take sharded (DTensor/ZeRO) parameters; use train.optim: adamw"
-    elif cfg.task == "preference":
+    elif cfg.train.optim != "adamw":
+        why = f"bitsandbytes' 8-bit AdamW ({cfg.train.optim}) does not take sharded (DTensor/ZeRO) parameters; use train.optim: adamw"
+    elif cfg.task in ("preference", "grpo", "rloo"):
         why = (
-            "TRL's preference trainers compute reference log-probs (a copied model, or the adapter switched "
-            "off) around the sharded forward, which lmtune has not verified; run it with strategy: ddp"
+            "TRL's preference and RL trainers compute reference log-probs (a copied model, or the adapter "
+            "switched off) around the sharded forward"
+            + (
+                " and sample answers with generate, which needs the full weights"
+                if cfg.task != "preference"
+                else ""
+            )
+            + ", which lmtune has not verified; run it with strategy: ddp (verified on 2 CPU processes)"
         )
     elif m in ("prefix", "prompt", "ptuning"):
         why = (
@@ -228,13 +234,38 @@ def deepspeed_config(d: DistributedSection) -> dict[str, Any]:
     return config
 
 
+# config attributes that mark a mixture-of-experts model (Mixtral, Qwen2/3-MoE, DeepSeek, OLMoE...)
+MOE_KEYS = ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts")
+
+
+def unused_parameters(model: Any) -> bool:
+    """DDP's find_unused_parameters: whether some trainable parameter may get no gradient in a step.
+
+    Left to itself the Trainer passes True for every PEFT model (it is not a PreTrainedModel), and
+    torch then walks the autograd graph each step and warns that nothing was unused. Every lmtune
+    method (adapters, heads, prompt encoders, unfrozen layers) uses all its trainable parameters in
+    every forward of a dense model, so False is right and faster. A mixture-of-experts model is the
+    exception: an expert the router sent no token in this step gets no gradient, and DDP with False
+    would stop with "Expected to have finished reduction", so it keeps True."""
+    config = getattr(model, "config", None)
+    return any((getattr(config, key, None) or 0) > 1 for key in MOE_KEYS)
+
+
 def trainer_kwargs(
-    cfg: RunConfig, strategy: Strategy, *, device: str, wrap: list[str], checkpointing: bool
+    cfg: RunConfig,
+    strategy: Strategy,
+    *,
+    device: str,
+    wrap: list[str],
+    checkpointing: bool,
+    find_unused: bool = False,
 ) -> dict[str, Any]:
     """TrainingArguments keyword arguments for the strategy ({} for a single plain process)."""
     if strategy.name == "none":
         return {}
     kw: dict[str, Any] = {"ddp_backend": backend(device)}
+    if strategy.name == "ddp":
+        kw["ddp_find_unused_parameters"] = find_unused
     if strategy.config_kind == "accelerate":
         return kw  # accelerate launch --config_file set the plugin up from the environment
     if strategy.name == "fsdp":

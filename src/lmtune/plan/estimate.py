@@ -305,7 +305,7 @@ def _estimate(
 
     # gradients and optimizer ------------------------------------------------------------------------
     gradients = trainable * trained_bytes
-    optimizer = trainable * (2 if t.optim == "adamw_8bit" else 2 * trained_bytes)
+    optimizer = trainable * (2 if t.optim in ("adamw_8bit", "paged_adamw_8bit") else 2 * trained_bytes)
 
     # tokens per forward pass ------------------------------------------------------------------------
     seq = cfg.data.max_length + (cfg.method.num_virtual_tokens if method in PROMPT_LEARNING else 0)

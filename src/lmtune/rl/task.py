@@ -50,7 +50,8 @@ def run(cfg: RunConfig, *, resume: bool = False, console: Any = None) -> RunResu
     model = s.load_model()
     before_checks = s.evaluation(model, tokenizer, when="before")
     before = held_out_scores(s, model, tokenizer, rewards, val) if val and not resume else None
-    if before is not None:  # kept at once: a long run stopped early still has its starting point
+    main = s.env.is_main  # under a multi-process launch only rank 0 writes (lmtune.distributed)
+    if before is not None and main:  # kept at once: a long run stopped early still has its starting point
         write_json(s.run.root / "held_out.json", {"before": before})
     model = s.prepare(model)
 
@@ -66,7 +67,8 @@ def run(cfg: RunConfig, *, resume: bool = False, console: Any = None) -> RunResu
     summary["rewards"] = reward_curve(s.metrics.history if s.metrics else [], rewards)
     if before is not None or after is not None:
         summary["held_out"] = {"before": before, "after": after}
-        write_json(s.run.root / "held_out.json", summary["held_out"])
+        if main:
+            write_json(s.run.root / "held_out.json", summary["held_out"])
         show_held_out(s.console, before, after)
     summary["eval"] = s.evaluation_summary(before_checks, after_checks)
     if s.metrics is not None:
@@ -74,8 +76,9 @@ def run(cfg: RunConfig, *, resume: bool = False, console: Any = None) -> RunResu
 
         plot_rewards(s.metrics.history, s.run.root / "rewards.png")
     result = s.finish(summary, model)
-    with s.run.summary_md.open("a", encoding="utf-8") as f:
-        f.write("\n" + "\n".join(summary_lines(summary)) + "\n")
+    if main:
+        with s.run.summary_md.open("a", encoding="utf-8") as f:
+            f.write("\n" + "\n".join(summary_lines(summary)) + "\n")
     return result
 
 
@@ -175,20 +178,23 @@ def build_trainer(
     args.include_num_input_tokens_seen = "no"  # TRL counts its own tokens (num_tokens)
     if not _is_peft(model) and args.beta > 0:
         _check_reference_source(model)
-    s.metrics = RLMetricsCallback(
-        s.run.metrics,
-        s.console,
-        recorder=recorder,
-        completions=s.run.root / "completions.jsonl",
-        per_log=rl.log_completions,
-    )
+    callbacks: list[Any] = []
+    if s.env.is_main:  # metrics, completions and the progress bar: rank 0's (its own answers)
+        s.metrics = RLMetricsCallback(
+            s.run.metrics,
+            s.console,
+            recorder=recorder,
+            completions=s.run.root / "completions.jsonl",
+            per_log=rl.log_completions,
+        )
+        callbacks = [s.metrics, ProgressCallback(s.console), *s.tracker_callbacks()]
     trainer = Trainer(
         model=model,
         reward_funcs=list(rewards),
         args=args,
         train_dataset=train_ds,
         processing_class=tokenizer,
-        callbacks=[s.metrics, ProgressCallback(s.console), *s.tracker_callbacks()],
+        callbacks=callbacks,
         optimizers=(build_optimizer(model, cfg), None),
     )
     return s.quiet(trainer)

@@ -59,7 +59,9 @@ def training_arguments(
         gradient_accumulation_steps=t.grad_accum,
         learning_rate=t.lr,
         weight_decay=t.weight_decay,
-        optim="adamw_bnb_8bit" if t.optim == "adamw_8bit" else "adamw_torch",
+        optim={"adamw_8bit": "adamw_bnb_8bit", "paged_adamw_8bit": "paged_adamw_8bit"}.get(
+            t.optim, "adamw_torch"
+        ),
         lr_scheduler_type=t.scheduler,
         warmup_steps=t.warmup_ratio,  # transformers 5: a float < 1 is a ratio of total steps
         max_grad_norm=t.max_grad_norm,  # 0 disables clipping

@@ -149,6 +149,10 @@ def _trainer(
             optimizers=(build_optimizer(model, s.cfg), None),
         )
     )
+    # The heads' forward takes **kwargs, so the Trainer would assume the loss was divided by the
+    # global item count and skip its own scaling: no division by train.grad_accum, and a product
+    # with the world size under DDP. The classification loss is a per-batch mean: scale it as one.
+    trainer.model_accepts_loss_kwargs = False
     return trainer, report
 
 

@@ -23,17 +23,24 @@ def require_bitsandbytes(what: str) -> None:
 
 def build_optimizer(model: Any, cfg: RunConfig) -> Any | None:
     """The optimizer to hand the Trainer, or None to let it build its own from `train.optim`."""
-    if cfg.train.optim == "adamw_8bit":
-        require_bitsandbytes("train.optim: adamw_8bit")
+    if cfg.train.optim != "adamw":
+        require_bitsandbytes(f"train.optim: {cfg.train.optim}")
+    if cfg.train.optim == "paged_adamw_8bit" and next(model.parameters()).device.type != "cuda":
+        raise ConfigError(
+            "train.optim: paged_adamw_8bit pages optimizer state between GPU and CPU memory and needs a "
+            "CUDA device; this run is on the CPU. Use train.optim: adamw (or adamw_8bit)."
+        )
     ratio = cfg.method.lora_plus_ratio
     if ratio is None:
         return None
     from peft.optimizers import create_loraplus_optimizer
 
-    if cfg.train.optim == "adamw_8bit":
+    if cfg.train.optim != "adamw":
         import bitsandbytes as bnb
 
-        optimizer_cls = bnb.optim.AdamW8bit
+        optimizer_cls = (
+            bnb.optim.PagedAdamW8bit if cfg.train.optim.startswith("paged") else bnb.optim.AdamW8bit
+        )
     else:
         import torch
 

@@ -68,6 +68,7 @@ class Session:
         self.trainer: Any = None  # the task's Trainer, once training ran (the final save gathers through it)
         self.trackers: list[Any] = []  # train.report_to's callbacks (closed by finish)
         self.wrap: list[str] = []  # FSDP's per-layer units (the model's _no_split_modules)
+        self.find_unused = False  # DDP's find_unused_parameters (True for mixture-of-experts models)
         if self.strategy.distributed:
             from lmtune.models.load import resolve_device
 
@@ -234,6 +235,10 @@ class Session:
             model = (loader or load_causal_lm)(self.model_ref(), dtype=dtype, device=self.device, **kwargs)
             self.method.check(model, cfg.method)
         self.set_attention(model)
+        if self.strategy.name == "ddp":
+            from lmtune.distributed.strategy import unused_parameters
+
+            self.find_unused = unused_parameters(model)
         if self.strategy.name == "fsdp":
             from lmtune.distributed.strategy import wrap_classes
 
@@ -352,7 +357,12 @@ class Session:
             self.plan.gradient_checkpointing if self.plan else self.cfg.train.gradient_checkpointing is True
         )
         dist = trainer_kwargs(
-            self.cfg, self.strategy, device=self.device, wrap=self.wrap, checkpointing=bool(checkpointing)
+            self.cfg,
+            self.strategy,
+            device=self.device,
+            wrap=self.wrap,
+            checkpointing=bool(checkpointing),
+            find_unused=self.find_unused,
         )
         args = training_arguments(
             self.cfg,
@@ -387,7 +397,7 @@ class Session:
     def quiet(self, trainer: Any) -> Any:
         """Our progress bar and metrics file replace the Trainer's own printing (and, for FSDP on
         CPU processes, the Trainer's accelerator is pointed at FSDP: distributed/env.fsdp_on_cpu)."""
-        if self.strategy.name == "fsdp" and self.device == "cpu" and self.strategy.config_kind is None:
+        if self.strategy.name == "fsdp" and self.device == "cpu":
             from lmtune.distributed.env import fsdp_on_cpu
 
             fsdp_on_cpu(trainer)
