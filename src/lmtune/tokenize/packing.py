@@ -76,8 +76,12 @@ def pack_samples(samples: list[Tokenized], width: int) -> list[PackedRow]:
 class PackedDataset:
     """Map-style dataset over packed rows (the Trainer shuffles rows, not samples, each epoch)."""
 
-    def __init__(self, rows: list[PackedRow]):
+    def __init__(self, rows: list[PackedRow], width: int = 0):
         self.rows = rows
+        self.width = width
+
+    def stats(self) -> dict[str, Any]:
+        return packing_stats(self.rows, self.width)
 
     def __len__(self) -> int:
         return len(self.rows)
