@@ -165,3 +165,12 @@ def test_each_rank_reads_only_its_shard(data_file, smollm2_tokenizer, tmp_path):
     assert set(seen[0]).isdisjoint(seen[1])
     assert sorted(seen[0] + seen[1]) == sorted(rows.tolist())  # every sample read once, by one rank
     assert 0.3 < len(seen[0]) / len(rows) < 0.7
+
+
+def test_no_cache_builds_in_a_private_folder(data_file, smollm2_tokenizer, tmp_path, monkeypatch):
+    """data.cache: false: a build in a temporary folder of its own, never the shared cache."""
+    monkeypatch.setenv("LMTUNE_CACHE", str(tmp_path / "cache"))
+    s = session(tmp_path, {"path": str(data_file), "val_size": 0, "cache": False})
+    got = load_sft_data(s, copy.deepcopy(smollm2_tokenizer))
+    assert not got.store.hit and not (tmp_path / "cache").exists()
+    assert got.store.path.parent.parent.name.startswith("lmtune-sft-")
