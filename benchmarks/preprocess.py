@@ -21,6 +21,8 @@ Steps:
                datasets.map with num_proc workers, Arrow files)
 - store warm:  the same call again (hash the file, memory-map the store), plus one row read
 - old path:    (--old sizes) load_conversations + tokenize_records, the in-memory lists used so far
+- text cold/warm: (--text sizes) the pretraining token store (lmtune.datastore.text_store) of a .txt
+               file with one document per line (the records' responses), then one block cut from it
 
 "base" is a process that only imports and loads the tokenizer: the floor under every figure.
 """
@@ -58,6 +60,14 @@ elif step in ("cold", "warm"):
                        train_on="all", num_proc=int(num_proc) or None)
     row = st.dataset[len(st.dataset) // 2]
     out = {"usable": len(st.dataset), "tokens": st.stats["tokens"], "hit": st.hit, "num_proc": st.meta["num_proc"]}
+elif step in ("text-cold", "text-warm"):
+    from lmtune.data.sources import SourceSpec
+    from lmtune.datastore.blocks import TokenBlocks
+    from lmtune.datastore.text_store import build_or_load_text
+    st = build_or_load_text([SourceSpec(data, Path(data).name)], tok, cache_dir=cache, text_split="line")
+    blocks = TokenBlocks(st, st.order, int(max_length))
+    row = blocks[len(blocks) // 2]
+    out = {"usable": st.meta["documents"], "tokens": st.meta["tokens"], "hit": st.hit, "num_proc": 1}
 elif step == "old":
     from lmtune.data.load import load_conversations
     from lmtune.tokenize.dataset import tokenize_records
@@ -110,13 +120,14 @@ def write_records(n: int, path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
+    parser.add_argument("--sizes", type=int, nargs="*", default=[10_000, 100_000])
     parser.add_argument(
         "--old", type=int, nargs="*", default=[10_000], help="sizes to also run the old path on"
     )
     parser.add_argument("--max-length", type=int, default=1024)
     parser.add_argument("--num-proc", type=int, default=0, help="0: the auto rule")
     parser.add_argument("--work", type=Path, default=None)
+    parser.add_argument("--text", type=int, nargs="*", default=[], help="line counts for the text store")
     parser.add_argument(
         "--steps", nargs="+", default=["inspect", "cold", "warm"], help="of inspect, cold, warm (old: --old)"
     )
@@ -147,6 +158,22 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"| {n:,} | {step}{extra} | {r['seconds']} | {r['peak_mb']} | {r['anon_mb']} | {r['usable']:,} "
                 f"| {r['tokens']:,} |",
+                flush=True,
+            )
+    for n in a.text:
+        data = work / f"text_{n}.txt"
+        if not data.is_file():
+            rows = json.loads(DATA.read_text(encoding="utf-8"))
+            with data.open("w", encoding="utf-8") as fh:
+                for i in range(n):
+                    fh.write(" ".join(rows[i % len(rows)]["output"].split()) + "\n")
+        cache = work / f"text_cache_{n}"
+        shutil.rmtree(cache, ignore_errors=True)
+        for step in ("text-cold", "text-warm"):
+            r = measure([step, str(data), *common, str(cache), str(a.max_length), "1"])
+            print(
+                f"| {n:,} lines | {step} ({'hit' if r['hit'] else 'built'}) | {r['seconds']} | {r['peak_mb']} "
+                f"| {r['anon_mb']} | {r['usable']:,} | {r['tokens']:,} |",
                 flush=True,
             )
     return 0

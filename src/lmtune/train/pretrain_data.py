@@ -3,8 +3,8 @@ read and tokenised in one streaming pass per corpus + tokenizer, then memory-map
 every later run (and every rank of a distributed one).
 
 Why: the list path (Session.load_data + lmtune.tokenize.blocks.build_blocks) holds every document's
-text and every token as Python objects, ~40 bytes per token; a corpus of a few GB of text does not
-fit. Here a run holds document numbers and cumulative lengths only; blocks are cut from the mapped
+text and every token as Python objects (estimated ~45 bytes per token: an int object and two list
+slots); a corpus of a few GB of text does not fit. Here a run holds document numbers and cumulative lengths only; blocks are cut from the mapped
 token file as the DataLoader asks (lmtune.datastore.blocks.TokenBlocks). What the run prints and
 writes is what the list path did: the per-file lines, the skipped-records line, the validation
 split by documents (or by blocks when there is one document), the statistics and the rejects.
