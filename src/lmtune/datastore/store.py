@@ -406,8 +406,9 @@ def tokenized_dataset(
     the rows its sampler (DistributedSampler / accelerate) hands it, so no rank copies the data.
     `.dataset` is a datasets.Dataset (input_ids, labels) that the HF Trainer takes directly;
     `.lengths` feeds packing (lmtune.datastore.packing) and statistics without reading a token.
-    Validation: data.val_path is a second call with a config whose data.path is that file, or split
-    the result with `.dataset.train_test_split(...)` (an index mapping, no copy).
+    Validation: data.val_path is a second store (build_or_load); data.val_size splits the rows with
+    lmtune.datastore.views.split_indices (the records split_records would pick) into two views.
+    `lmtune train` goes through lmtune.train.sft_data.load_sft_data, which does both.
     """
     from lmtune.data.sources import training_specs
     from lmtune.tokenize.cache import default_cache_dir
