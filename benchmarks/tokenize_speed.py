@@ -10,6 +10,9 @@ the same inputs loads the cached set (lmtune.tokenize.cache) instead of tokenisi
 
 Each repeat uses a fresh, empty cache folder: "cold" reads the file and tokenises (then writes the
 cache), "cached" reads the file again and loads the cached set; the two results are compared.
+The same is measured, in the same repeats, for the memory-mapped store that `lmtune train` uses
+(lmtune.datastore.store.build_or_load: streamed read, datasets.map, Arrow files; "cached" hashes
+the file and memory-maps the store), so the list path and the store are timed under the same load.
 """
 
 from __future__ import annotations
@@ -51,8 +54,22 @@ def main(argv: list[str] | None = None) -> int:
     print(f"tokenizer loaded in {time.perf_counter() - t0:.2f} s (not counted below)")
     kw = {"max_length": args.max_length, "train_on": args.train_on}
 
-    cold, warm = [], []
+    from lmtune.data.sources import SourceSpec
+    from lmtune.datastore.store import build_or_load
+
+    cold, warm, store_cold, store_warm = [], [], [], []
     for _ in range(args.repeat):
+        with tempfile.TemporaryDirectory() as cache:
+            spec = [SourceSpec(str(args.data), args.data.name)]
+            t0 = time.perf_counter()
+            built = build_or_load(spec, tokenizer, cache_dir=cache, **kw)
+            store_cold.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            mapped = build_or_load(spec, tokenizer, cache_dir=cache, **kw)
+            store_warm.append(time.perf_counter() - t0)
+            if built.hit or not mapped.hit:
+                print("ERROR: the second store call did not reuse the store", file=sys.stderr)
+                return 1
         with tempfile.TemporaryDirectory() as cache:
             t0 = time.perf_counter()
             records = load_conversations(args.data).records
@@ -71,7 +88,15 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.data.name}: {len(records)} records -> {stats['samples']} samples, {stats['rejected']} rejected, "
         f"{stats['tokens']} tokens ({stats['trained_tokens']} trained); cache file {size / 1e6:.2f} MB"
     )
-    for name, times in (("cold (read + tokenise + write cache)", cold), ("cached (read + load cache)", warm)):
+    if mapped.dataset[len(mapped.dataset) - 1]["input_ids"] != first.samples[-1].input_ids:
+        print("ERROR: the store and the list path differ", file=sys.stderr)
+        return 1
+    for name, times in (
+        ("list path, cold (read + tokenise + write npz cache)", cold),
+        ("list path, cached (read + load npz cache)", warm),
+        ("store, cold (stream + tokenise + Arrow files)", store_cold),
+        ("store, cached (hash the file + memory-map)", store_warm),
+    ):
         runs = ", ".join(f"{t:.3f}" for t in times)
         print(f"{name}: median {statistics.median(times):.3f} s  [{runs}]")
     print(f"per record, cold: {statistics.median(cold) / len(records) * 1e3:.2f} ms")

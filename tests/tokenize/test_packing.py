@@ -29,6 +29,32 @@ def test_best_fit_picks_the_tightest_row():
     assert best_fit_decreasing([5, 6, 4, 3], 10) == [[1, 2], [0, 3]]
 
 
+def reference_best_fit(lengths: list[int], capacity: int) -> list[list[int]]:
+    """Best-fit decreasing the plain way: a sorted list of (room, bin), O(bins) per insert."""
+    import bisect
+
+    bins: list[list[int]] = []
+    room: list[tuple[int, int]] = []
+    for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
+        at = bisect.bisect_left(room, (lengths[i], -1))
+        if at < len(room):
+            left, b = room.pop(at)
+            bins[b].append(i)
+            bisect.insort(room, (left - lengths[i], b))
+        else:
+            bins.append([i])
+            bisect.insort(room, (capacity - lengths[i], len(bins) - 1))
+    return bins
+
+
+def test_best_fit_equals_the_plain_sorted_list_version():
+    rnd = random.Random(0)
+    for trial in range(200):
+        cap = rnd.choice([1, 7, 16, 100, 1024])
+        lengths = [rnd.randint(0 if trial % 5 == 0 else 1, cap) for _ in range(rnd.randint(0, 300))]
+        assert best_fit_decreasing(lengths, cap) == reference_best_fit(lengths, cap)
+
+
 def test_a_sample_longer_than_the_row_is_refused():
     with pytest.raises(ValueError, match="more than the row width"):
         best_fit_decreasing([3, 11], 10)

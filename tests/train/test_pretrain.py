@@ -19,13 +19,13 @@ from typer.testing import CliRunner
 
 from lmtune.cli.app import app
 from lmtune.config.loader import load_config, validate_config
-from lmtune.data.text import TextDocument, load_texts
+from lmtune.data.text import load_texts
 from lmtune.errors import DataError
 from lmtune.run.layout import read_marker
 from lmtune.run.load import load_target
-from lmtune.train.pretrain import _split, perplexity
+from lmtune.train.pretrain import perplexity
+from lmtune.train.pretrain_data import load_pretrain_data
 from lmtune.train.runner import train
-from lmtune.train.session import RunData
 
 MAX_LENGTH = 64
 
@@ -107,14 +107,20 @@ def test_run_directory_loads_to_the_same_logits(pretrain_run, smollm2_tokenizer)
     assert loaded.tokenizer("hear me")["input_ids"] == smollm2_tokenizer("hear me")["input_ids"]
 
 
-def stub_session(data: dict) -> SimpleNamespace:
+def stub_session(data: dict, tmp_path: Path) -> SimpleNamespace:
+    """What load_pretrain_data uses of a Session (its own cache folder, so the first call builds)."""
     cfg = validate_config({"task": "pretrain", "data": {"path": "x.txt", "max_length": MAX_LENGTH, **data}})
-    return SimpleNamespace(cfg=cfg, console=Console(file=io.StringIO(), width=200))
+    return SimpleNamespace(
+        cfg=cfg,
+        console=Console(file=io.StringIO(), width=200),
+        run=SimpleNamespace(rejects=tmp_path / "rejects.jsonl"),
+        main_first=lambda fn: fn(),
+    )
 
 
 def segments(blocks, eos: int) -> Counter:
     """The documents a block set holds, as token tuples (each document ends with eos)."""
-    stream = [t for b in blocks.samples for t in b.input_ids]
+    stream = [t for i in range(len(blocks)) for t in blocks[i]["input_ids"]]
     assert stream[-1] == eos
     out, cur = Counter(), []
     for t in stream:
@@ -126,10 +132,12 @@ def segments(blocks, eos: int) -> Counter:
     return out
 
 
-def test_several_documents_are_split_whole(shake_file, smollm2_tokenizer):
+def test_several_documents_are_split_whole(shake_file, smollm2_tokenizer, tmp_path, monkeypatch):
+    monkeypatch.setenv("LMTUNE_CACHE", str(tmp_path / "cache"))
     docs = load_texts(shake_file, text_split="line", limit=40).records
-    s = stub_session({"val_size": 0.25, "text_split": "line"})
-    train_set, val_set, how = _split(s, RunData(docs, [], []), smollm2_tokenizer)
+    s = stub_session({"path": str(shake_file), "val_size": 0.25, "text_split": "line", "limit": 40}, tmp_path)
+    data = load_pretrain_data(s, smollm2_tokenizer)
+    train_set, val_set, how = data.train, data.val, data.split
     assert how == "documents" and "10 of 40 documents" in s.console.file.getvalue()
     eos = smollm2_tokenizer.eos_token_id
     val_docs, train_docs = segments(val_set, eos), segments(train_set, eos)
@@ -138,10 +146,12 @@ def test_several_documents_are_split_whole(shake_file, smollm2_tokenizer):
     assert val_docs + train_docs == every  # each document whole, in exactly one of the two
 
 
-def test_one_short_document_cannot_be_split(smollm2_tokenizer):
-    s = stub_session({"val_size": 0.1})
+def test_one_short_document_cannot_be_split(smollm2_tokenizer, tmp_path, monkeypatch):
+    monkeypatch.setenv("LMTUNE_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "x.txt").write_text("Too short.", encoding="utf-8")
+    s = stub_session({"path": str(tmp_path / "x.txt"), "val_size": 0.1}, tmp_path)
     with pytest.raises(DataError, match="val_size needs a second block") as err:
-        _split(s, RunData([TextDocument("Too short.", "x.txt#1")], [], []), smollm2_tokenizer)
+        load_pretrain_data(s, smollm2_tokenizer)
     assert "x.txt" in str(err.value) and "max_length" in str(err.value)
 
 

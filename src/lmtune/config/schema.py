@@ -202,8 +202,9 @@ class DataSection(Section):
     )
     cache: bool = Field(
         True,
-        description="sft: reuse tokenised samples cached by a hash of the records, tokenizer and settings "
-        "($LMTUNE_CACHE, default ~/.cache/lmtune/tokenized).",
+        description="sft and pretrain: keep the tokenised, memory-mapped store for later runs, keyed by a hash "
+        "of the files, tokenizer and settings ($LMTUNE_CACHE/datasets and /text, default ~/.cache/lmtune). "
+        "false: build it in a temporary folder removed when the run ends.",
     )
     group_by_length: bool = Field(
         False,

@@ -26,7 +26,7 @@ from typing import Any
 from lmtune.data.sources import SourceSpec
 from lmtune.tokenize.cache import _code_fingerprint, tokenizer_fingerprint
 
-STORE_VERSION = 1  # bump when the stored layout or its meaning changes
+STORE_VERSION = 2  # bump when the stored layout or its meaning changes
 
 
 def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:

@@ -7,12 +7,14 @@ on the stored lengths, the same bins as pack_samples) and kept as two int arrays
     members   sample indices, row after row      [7, 2, 9, 4, 0, ...]
     offsets   where each row starts in members   [0, 3, 5, ...]     row r = members[offsets[r]:offsets[r+1]]
 
-cached beside the store as packed-<width>.npz (written to a temporary name, then renamed). A row's
-tokens are read from the Arrow files only when the DataLoader asks for it.
+cached beside the store as packed-<width>-<hash of the lengths>.npz (a training split and the whole
+store pack differently; written to a temporary name, then renamed). A row's tokens are read from the
+Arrow files only when the DataLoader asks for it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -28,7 +30,9 @@ def packing_plan(
     lengths: np.ndarray, width: int, *, cache: Path | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """(members, offsets) of the packed rows; read from `cache` (a store folder) when there."""
-    path = cache / f"packed-{width}.npz" if cache is not None else None
+    lengths = np.ascontiguousarray(lengths, dtype=np.int32)
+    tag = hashlib.sha256(lengths.tobytes()).hexdigest()[:16]
+    path = cache / f"packed-{width}-{tag}.npz" if cache is not None else None
     if path is not None and path.is_file():
         with np.load(path, allow_pickle=False) as z:
             return z["members"], z["offsets"]
@@ -49,21 +53,21 @@ def packing_plan(
 
 
 class StorePackedDataset:
-    """Map-style dataset of packed rows over a memory-mapped store; row i equals
-    pack_samples(samples, width)[i] (same bins, same order, same position ids and labels)."""
+    """Map-style dataset of packed rows over store samples (lmtune.datastore.views.StoreSamples);
+    row i equals pack_samples(samples, width)[i] (same bins, same order, same position ids and labels)."""
 
-    def __init__(self, dataset: Any, lengths: np.ndarray, width: int, *, cache: Path | None = None):
-        self.dataset = dataset
+    def __init__(self, samples: Any, width: int, *, cache: Path | None = None):
+        self.samples = samples
         self.width = width
-        self.lengths = lengths
-        self.members, self.offsets = packing_plan(lengths, width, cache=cache)
+        self.lengths = samples.lengths
+        self.members, self.offsets = packing_plan(self.lengths, width, cache=cache)
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
 
     def __getitem__(self, r: int) -> dict[str, list[int]]:
         idx = self.members[self.offsets[r] : self.offsets[r + 1]].tolist()
-        rows = self.dataset[idx]  # one read of the row's samples
+        rows = self.samples.fetch(idx)  # one read of the row's samples
         ids: list[int] = []
         labels: list[int] = []
         positions: list[int] = []

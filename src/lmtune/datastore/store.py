@@ -12,9 +12,12 @@ Build (a miss), under a file lock so that concurrent ranks build once:
     (one pass, rejects -> rejects.jsonl)  {conv json, source}    {input_ids, labels, length, trained,
                                                                   truncated, reason, message, source}
 
-then `meta.json` (counts, stats, rejects by reason) and `lengths.npy` (kept samples' lengths, for
-packing and statistics), all in a temporary folder renamed to `<cache>/datasets/<key>/` in one
-step: a reader sees a whole store or none.
+then `meta.json` (counts, stats, rejects by reason, the first record with a system message),
+`lengths.npy` (kept samples' lengths, for packing and statistics) and `rows.npz` (per row: length,
+-1 where masking failed, trained tokens, truncated; a validation split takes its statistics from
+it), all in a temporary folder renamed to `<cache>/datasets/<key>/` in one step: a reader sees a
+whole store or none. rejects.jsonl holds the reading rejects (meta "read_rejected" of them) first,
+then the masking rejects in row order, each with its record as read.
 
 Load (a hit): hash the files (lmtune.datastore.key), open meta.json, memory-map the Arrow files.
 Rows whose masking failed (reason != "") stay in the files and are left out by an index mapping.
@@ -62,6 +65,9 @@ class TokenizedStore:
     meta: dict[str, Any]
     lengths: np.ndarray  # int32, one per usable sample
     sources: Any = field(repr=False, default=None)  # datasets.Dataset column view: "file#record"
+    full: Any = field(repr=False, default=None)  # every row (input_ids, labels), masking rejects included
+    # rows.npz, one entry per row: length (-1: masking failed), trained tokens, truncated
+    rows: dict[str, np.ndarray] = field(repr=False, default_factory=dict)
 
     @property
     def rejects_file(self) -> Path:
@@ -136,6 +142,8 @@ def open_store(path: Path, *, hit: bool = True) -> TokenizedStore:
     full = parts[0] if len(parts) == 1 else concatenate_datasets(parts)
     kept = full if meta["kept_all"] else full.select(np.load(path / "kept.npy"))
     lengths = np.load(path / "lengths.npy", mmap_mode="r")
+    with np.load(path / "rows.npz", allow_pickle=False) as z:
+        rows = {k: z[k] for k in z.files}
     return TokenizedStore(
         dataset=kept.select_columns(["input_ids", "labels"]),
         path=path,
@@ -143,6 +151,8 @@ def open_store(path: Path, *, hit: bool = True) -> TokenizedStore:
         meta=meta,
         lengths=lengths,
         sources=kept.select_columns(["source"]),
+        full=full.select_columns(["input_ids", "labels"]),
+        rows=rows,
     )
 
 
@@ -166,10 +176,12 @@ def _build(
     try:
         sink = RejectSink(tmp / "rejects.jsonl")
         per: list[StreamStats] = []
+        first_system: dict[str, Any] = {}
         try:
-            offsets = _write_records(specs, tmp / "records.arrow", on_error, sink, per)
+            offsets = _write_records(specs, tmp / "records.arrow", on_error, sink, per, first_system)
         finally:
             sink.close()
+        read_rejected = sink.total
         records = Dataset.from_file(str(tmp / "records.arrow"))
         used = [s.usable for s in per]
         if len(specs) > 1 or specs[0].weight != 1.0:
@@ -192,10 +204,11 @@ def _build(
             new_fingerprint=key[:40],
             desc="Tokenising",
         )
-        del records
+        meta = _finish(tokens, records, tmp, sink, specs, per, used, key, procs)
+        meta["read_rejected"] = read_rejected
+        meta["first_system"] = first_system or None
+        del tokens, records
         (tmp / "records.arrow").unlink()
-        meta = _finish(tokens, tmp, sink, per, used, key, procs)
-        del tokens
         (tmp / META).write_text(json.dumps(meta, indent=1, ensure_ascii=False), encoding="utf-8")
         try:
             os.rename(tmp, final)  # atomic: readers see the whole store or none
@@ -208,9 +221,16 @@ def _build(
 
 
 def _write_records(
-    specs: list[SourceSpec], out: Path, on_error: str, sink: RejectSink, per: list[StreamStats]
+    specs: list[SourceSpec],
+    out: Path,
+    on_error: str,
+    sink: RejectSink,
+    per: list[StreamStats],
+    first_system: dict[str, Any],
 ) -> list[int]:
-    """Stream every file's conversations into one Arrow file; returns each file's start row (+ end)."""
+    """Stream every file's conversations into one Arrow file; returns each file's start row (+ end).
+    `first_system` gets the first conversation that opens with a system message (the chat template's
+    system-role note is decided on it, as lmtune.tokenize.templates.check_system_role does)."""
     import pyarrow as pa
 
     schema = pa.schema([("conv", pa.string()), ("source", pa.string())])
@@ -221,6 +241,8 @@ def _write_records(
             per.append(stats)
             convs, sources = [], []
             for conv in stream_conversations(spec, on_error=on_error, sink=sink, stats=stats):
+                if not first_system and conv.messages[:1] and conv.messages[0].role == "system":
+                    first_system.update(conv=conv.to_dict(), source=conv.source)
                 convs.append(_conv_json(conv))
                 sources.append(conv.source)
                 if len(convs) == BATCH:
@@ -278,9 +300,18 @@ def _tokenize_batch(
 
 
 def _finish(
-    tokens: Any, tmp: Path, sink: RejectSink, per: list[StreamStats], used: list[int], key: str, procs: int
+    tokens: Any,
+    records: Any,
+    tmp: Path,
+    sink: RejectSink,
+    specs: list[SourceSpec],
+    per: list[StreamStats],
+    used: list[int],
+    key: str,
+    procs: int,
 ) -> dict[str, Any]:
-    """Masking rejects into rejects.jsonl, the kept-row index and lengths, and the statistics."""
+    """Masking rejects into rejects.jsonl (with the record as read, from `records`, row for row the
+    same as `tokens`), the kept-row index, lengths and per-row arrays, and the statistics."""
     import pyarrow.compute as pc
 
     from lmtune.tokenize.dataset import masking_reject
@@ -293,11 +324,19 @@ def _finish(
         for start in range(0, len(bad), BATCH):
             idx = bad[start : start + BATCH]
             rows = tokens.select_columns(["source", "reason", "message"]).select(idx)
-            # the conversation is not kept after tokenising; the reject names its file and record
-            for src, reason, message in zip(rows["source"], rows["reason"], rows["message"]):
-                sink.add(masking_reject(Conversation([], source=src), reason, message))
+            convs = records.select(idx)["conv"]
+            for src, reason, message, conv in zip(rows["source"], rows["reason"], rows["message"], convs):
+                sink.add(masking_reject(Conversation.from_dict(json.loads(conv), src), reason, message))
         sink.close()
         np.save(tmp / "kept.npy", np.flatnonzero(ok))
+    row_length = table.column("length").to_numpy().astype(np.int32)
+    row_length[~ok] = -1
+    np.savez(
+        tmp / "rows.npz",
+        length=row_length,
+        trained=table.column("trained").to_numpy().astype(np.int32),
+        truncated=table.column("truncated").to_numpy(zero_copy_only=False).astype(bool),
+    )
     lengths = table.column("length").to_numpy()[ok].astype(np.int32)
     np.save(tmp / "lengths.npy", lengths)
     trained = int(table.column("trained").to_numpy()[ok].sum())
@@ -313,8 +352,17 @@ def _finish(
         "rejected": sink.total,
         "rejected_by_reason": sink.by_reason(),
         "per_dataset": [
-            {"path": s.path, "format": s.format, "read": s.read, "usable": s.usable, "used": n}
-            for s, n in zip(per, used)
+            {
+                "name": spec.label,
+                "path": s.path,
+                "format": s.format,
+                "read": s.read,
+                "usable": s.usable,
+                "rejected": s.read - s.usable,
+                "weight": spec.weight,
+                "used": n,
+            }
+            for spec, s, n in zip(specs, per, used)
         ],
         "stats": length_stats(lengths, trained=trained, truncated=truncated, rejected=sink.total),
     }
@@ -358,8 +406,9 @@ def tokenized_dataset(
     the rows its sampler (DistributedSampler / accelerate) hands it, so no rank copies the data.
     `.dataset` is a datasets.Dataset (input_ids, labels) that the HF Trainer takes directly;
     `.lengths` feeds packing (lmtune.datastore.packing) and statistics without reading a token.
-    Validation: data.val_path is a second call with a config whose data.path is that file, or split
-    the result with `.dataset.train_test_split(...)` (an index mapping, no copy).
+    Validation: data.val_path is a second store (build_or_load); data.val_size splits the rows with
+    lmtune.datastore.views.split_indices (the records split_records would pick) into two views.
+    `lmtune train` goes through lmtune.train.sft_data.load_sft_data, which does both.
     """
     from lmtune.data.sources import training_specs
     from lmtune.tokenize.cache import default_cache_dir

@@ -19,7 +19,6 @@ trains exactly like its samples run one by one.
 
 from __future__ import annotations
 
-import bisect
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,22 +26,57 @@ from lmtune.tokenize.masking import IGNORE, Tokenized
 
 
 def best_fit_decreasing(lengths: list[int], capacity: int) -> list[list[int]]:
-    """Group sample indices into bins of total length <= capacity; deterministic for equal input."""
+    """Group sample indices into bins of total length <= capacity; deterministic for equal input.
+
+    Each sample (longest first, then by index) goes to the bin with the least room that still holds
+    it, the lowest-numbered such bin on a tie. The open bins are kept per room value (a heap of bin
+    numbers each) under a count tree over 0..capacity, so finding the best bin costs O(log capacity)
+    and a million samples pack in seconds, not minutes (a sorted list of bins costs O(bins) per
+    insert).
+    """
+    import heapq
+
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    size = 1
+    while size < capacity + 1:
+        size *= 2
+    tree = [0] * (2 * size)  # tree[size + r]: open bins with r tokens of room; inner nodes: sums
+    heaps: dict[int, list[int]] = {}
     bins: list[list[int]] = []
-    room: list[tuple[int, int]] = []  # (space left, bin index), kept sorted
+
+    def add(room: int, delta: int) -> None:
+        i = size + room
+        while i:
+            tree[i] += delta
+            i //= 2
+
+    def least_room_at_least(n: int) -> int:
+        i = size + n
+        if tree[i]:
+            return n
+        while i > 1:
+            if not i % 2 and tree[i + 1]:  # the right sibling covers larger rooms: descend into it
+                i += 1
+                while i < size:
+                    i = 2 * i if tree[2 * i] else 2 * i + 1
+                return i - size
+            i //= 2
+        return -1
+
     for i in order:
         n = lengths[i]
         if n > capacity:
             raise ValueError(f"sample {i} has {n} tokens, more than the row width {capacity}")
-        at = bisect.bisect_left(room, (n, -1))
-        if at < len(room):
-            left, b = room.pop(at)
+        room = least_room_at_least(n)
+        if room >= 0:
+            b = heapq.heappop(heaps[room])
+            add(room, -1)
             bins[b].append(i)
-            bisect.insort(room, (left - n, b))
         else:
+            b, room = len(bins), capacity
             bins.append([i])
-            bisect.insort(room, (capacity - n, len(bins) - 1))
+        heapq.heappush(heaps.setdefault(room - n, []), b)
+        add(room - n, 1)
     return bins
 
 
@@ -76,8 +110,12 @@ def pack_samples(samples: list[Tokenized], width: int) -> list[PackedRow]:
 class PackedDataset:
     """Map-style dataset over packed rows (the Trainer shuffles rows, not samples, each epoch)."""
 
-    def __init__(self, rows: list[PackedRow]):
+    def __init__(self, rows: list[PackedRow], width: int = 0):
         self.rows = rows
+        self.width = width
+
+    def stats(self) -> dict[str, Any]:
+        return packing_stats(self.rows, self.width)
 
     def __len__(self) -> int:
         return len(self.rows)

@@ -58,6 +58,39 @@ class LMTrainer(Trainer):
             loss = loss * self.accelerator.num_processes
         return (loss, {"loss": loss}) if return_outputs else loss
 
+    def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+        """group_by_length over a store view takes the stored lengths; the Trainer's own sampler
+        would read every sample once, on every rank, to measure them."""
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        lengths = getattr(dataset, "lengths", None)
+        if self.args.train_sampling_strategy == "group_by_length" and lengths is not None:
+            from transformers.trainer_pt_utils import LengthGroupedSampler
+
+            batch = self.args.train_batch_size * self.args.gradient_accumulation_steps
+            return LengthGroupedSampler(batch, lengths=[int(n) for n in lengths])
+        return super()._get_train_sampler(train_dataset)
+
+
+def lm_samples(samples: Any) -> Any:
+    """The map-style dataset of unpacked samples: a store view is one already; a list gets wrapped."""
+    if isinstance(samples, list):
+        from lmtune.tokenize.dataset import SampleDataset
+
+        return SampleDataset(samples)
+    return samples
+
+
+def lm_rows(samples: Any, width: int) -> Any:
+    """Samples packed into rows of `width` tokens (both datasets have `.stats()`): a store view's
+    plan comes from its lengths and is cached beside the store; a list is packed in memory."""
+    if isinstance(samples, list):
+        from lmtune.tokenize.packing import PackedDataset, pack_samples
+
+        return PackedDataset(pack_samples(samples, width), width)
+    from lmtune.datastore.packing import StorePackedDataset
+
+    return StorePackedDataset(samples, width, cache=samples.path)
+
 
 class SpeedCallback(TrainerCallback):
     """Step times and real tokens; switches torch.compile on after 2 eager steps when it pays back.

@@ -416,18 +416,21 @@ class Session:
         output = trainer.train(resume_from_checkpoint=ckpt)
         return output, time.perf_counter() - started
 
-    def train_lm(self, model: Any, tokenizer: Any, train: list[Any], val: list[Any]) -> dict[str, Any]:
+    def train_lm(self, model: Any, tokenizer: Any, train: Any, val: Any) -> dict[str, Any]:
         """Train a causal LM on tokenised samples (input_ids + labels) with LMTrainer, measuring the
         validation loss before (not under --resume) and after. sft and pretrain use it.
+
+        `train` / `val` are lists of Tokenized samples or memory-mapped store views
+        (lmtune.datastore.views.StoreSamples, read row by row as the DataLoader asks).
 
         Samples are packed into rows when the speed plan says so (pretrain blocks are rows already).
         Returns {"trainer", "output", "seconds", "eval_loss": {"before", "after"}, "speed"}.
         """
         import torch
 
-        from lmtune.tokenize.dataset import PadCollator, SampleDataset
-        from lmtune.tokenize.packing import PackedCollator, PackedDataset, pack_samples, packing_stats
-        from lmtune.train.lm_trainer import LMTrainer, SpeedCallback
+        from lmtune.tokenize.dataset import PadCollator
+        from lmtune.tokenize.packing import PackedCollator
+        from lmtune.train.lm_trainer import LMTrainer, SpeedCallback, lm_rows, lm_samples
         from lmtune.train.lora_fast import restore_input_casts, speed_up_lora
         from lmtune.train.optim import build_optimizer
         from lmtune.train.plan import cast_frozen
@@ -437,8 +440,8 @@ class Session:
         pad = pad if pad is not None else 0
         if plan.packing:
             width = self.cfg.data.max_length
-            train_set, val_set = (PackedDataset(pack_samples(x, width)) for x in (train, val))
-            self.packing = packing_stats(train_set.rows, width)
+            train_set, val_set = (lm_rows(x, width) for x in (train, val))
+            self.packing = train_set.stats()
             per_step = self.cfg.train.batch_size * len(train) / max(1, len(train_set))
             self.console.print(
                 f"Packed {len(train)} samples into {len(train_set)} rows of {width} tokens "
@@ -447,7 +450,7 @@ class Session:
             )
             collator: Any = PackedCollator(pad, pad_to=width if plan.compile is not False else None)
         else:
-            train_set, val_set, collator = SampleDataset(train), SampleDataset(val), PadCollator(pad)
+            train_set, val_set, collator = lm_samples(train), lm_samples(val), PadCollator(pad)
         if plan.bf16_frozen:
             cast_frozen(model, torch.bfloat16, source=torch.float32)
         fast_dropout = self.cfg.train.fast_dropout and self.device == "cpu"

@@ -1,7 +1,8 @@
 """task: sft — chat/instruction fine-tuning with the loss masked to the assistant turns.
 
-On top of the shared Session steps: tokenise with the chat template and masks, optional "before"
-generation checks, the Hugging Face Trainer with validation loss before and after.
+On top of the shared Session steps: tokenise with the chat template and masks into the memory-mapped
+store (lmtune.datastore; reused by later runs), optional "before" generation checks, the Hugging Face
+Trainer with validation loss before and after.
 """
 
 from __future__ import annotations
@@ -22,49 +23,37 @@ MASKING_REASONS = (
 
 
 def run(cfg: RunConfig, *, resume: bool = False, console: Any = None) -> RunResult:
-    from lmtune.tokenize.cache import default_cache_dir
-    from lmtune.tokenize.dataset import tokenize_records
-    from lmtune.tokenize.templates import apply_template_choice, check_system_role
+    from lmtune.tokenize.templates import apply_template_choice
+    from lmtune.train.sft_data import load_sft_data
 
     s = Session(cfg, resume=resume, console=console)
-    data = s.load_data()
-
     tokenizer = s.load_tokenizer()
     template = apply_template_choice(tokenizer, cfg.data.template)
-    cache_dir = default_cache_dir() if cfg.data.cache else None
-    kw = {"max_length": cfg.data.max_length, "train_on": cfg.data.train_on, "cache_dir": cache_dir}
-    kw["system_merge"] = cfg.data.system_merge
-    note = check_system_role(tokenizer, data.train + data.val, cfg.data.system_merge)
-    if note:
-        s.console.print(note, highlight=False)
-    # Under a multi-process launch rank 0 tokenises (and fills the cache) first; the others read it.
-    train_set, val_set = s.main_first(
-        lambda: (tokenize_records(data.train, tokenizer, **kw), tokenize_records(data.val, tokenizer, **kw))
-    )
-    if train_set.cache_hit:
-        s.console.print(f"Tokenised samples reused from the cache: {train_set.cache_file}")
-    rejects = data.rejects + train_set.rejects + val_set.rejects
+    # Read, tokenised and masked into the memory-mapped store (or mapped from it): train_set and
+    # val_set hold row numbers and lengths, never the records or their tokens (train/sft_data.py).
+    data = load_sft_data(s, tokenizer)
+    train_set, val_set = data.train, data.val
     info = {**data.info, "train": train_set.stats(), "validation": val_set.stats(), "template": template}
-    s.finish_data(info, rejects, trainable=len(train_set.samples), stage_reasons=MASKING_REASONS)
+    s.finish_data(info, data.rejects, trainable=len(train_set), stage_reasons=MASKING_REASONS)
     s.console.print(
-        f"Tokenised {len(train_set.samples)} training samples "
+        f"Tokenised {len(train_set)} training samples "
         f"({info['train']['trained_tokens']} trained of {info['train']['tokens']} tokens), "
-        f"{len(val_set.samples)} validation samples"
+        f"{len(val_set)} validation samples"
     )
 
     model = s.load_model()
     before = s.evaluation(model, tokenizer, when="before")
     model = s.prepare(model)
 
-    trained = s.train_lm(model, tokenizer, train_set.samples, val_set.samples)
+    trained = s.train_lm(model, tokenizer, train_set, val_set)
 
     s.save(model, tokenizer, template=template)
     after = s.evaluation(model, tokenizer, when="after")
     summary = s.base_summary(trained["output"], trained["trainer"], trained["seconds"])
     summary["data"] = {
-        "train_samples": len(train_set.samples),
-        "val_samples": len(val_set.samples),
-        "rejected": len(rejects),
+        "train_samples": len(train_set),
+        "val_samples": len(val_set),
+        "rejected": len(data.rejects),
     }
     if s.packing:
         summary["data"]["packing"] = s.packing
