@@ -182,7 +182,9 @@ def build_trainer(
         completions=s.run.root / "completions.jsonl",
         per_log=rl.log_completions,
     )
-    trainer = Trainer(
+    from lmtune.train.checkpoints import atomic
+
+    trainer = atomic(Trainer)(
         model=model,
         reward_funcs=list(rewards),
         args=args,

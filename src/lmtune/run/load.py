@@ -43,7 +43,8 @@ def load_target(
         own = ModelRef(
             spec=str(run_dir), kind="folder", path=str(run_dir), gguf_file=None, display=run_dir.name
         )
-        tokenizer = load_tokenizer(own)
+        remote = bool(info.get("trust_remote_code"))  # recorded by a run that set model.trust_remote_code
+        tokenizer = load_tokenizer(own, trust_remote_code=remote)
         task = info.get("task", "sft")
         loader: Any = load_causal_lm
         if task == "classification":
@@ -55,11 +56,12 @@ def load_target(
                 dtype=dtype,
                 device=device,
                 quiet=quiet,
+                trust_remote_code=remote,
                 **({} if full_precision else method.load_kwargs(opts, bf16=info.get("bf16", False))),
             )
             model = method.load(base, run_dir, task=task)
         else:
-            model = loader(own, dtype=dtype, device=device, quiet=quiet)
+            model = loader(own, dtype=dtype, device=device, quiet=quiet, trust_remote_code=remote)
         model.eval()
         if task == "classification":
             from lmtune.models.classifier import pad_left_for_last_token
