@@ -17,6 +17,7 @@ from lmtune.errors import ModelError
 from lmtune.models.load import load_causal_lm
 from lmtune.models.resolve import resolve_model_ref
 from lmtune.run.layout import read_marker
+from lmtune.run.load import load_target
 from lmtune.train.runner import train
 
 
@@ -157,3 +158,11 @@ def test_runs_without_remote_code_record_it_off(tiny_model_dir, sums_file, tmp_p
     assert json.loads((out / "summary.json").read_text())["trust_remote_code"] is False
     assert yaml.safe_load((out / "config.yaml").read_text())["model"]["trust_remote_code"] is False
     assert "trust_remote_code" not in read_marker(out)
+
+    # The same run with its adapter swapped for a hostile pickle: refused when loaded, never executed.
+    sentinel = tmp_path / "pwned.txt"
+    (out / "adapter_model.safetensors").unlink()
+    torch.save({"base_model.model.lm_head.lora_A.weight": Payload(sentinel)}, out / "adapter_model.bin")
+    with pytest.raises(ModelError, match=r"Refused to load the lora weights of run run .*weights_only=True"):
+        load_target(str(out), quiet=True)
+    assert not sentinel.exists()

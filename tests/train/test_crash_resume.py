@@ -238,7 +238,7 @@ def test_dpo_survives_sigkill(tiny_model_dir, pairs_file, tmp_path):
     text = finish(lmtune("train", str(config), "--resume"), tmp_path / "resumed.log")
     assert f"Resuming from {run / 'checkpoints'}/checkpoint-{last}\n" in text, text
     compare_runs(run, reference)
-    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["checkpoint-12", "checkpoint-16"]
+    assert [p.name for p in RunDir(run).checkpoint_dirs()] == ["checkpoint-12", "checkpoint-16"]
     assert all(
         (run / "checkpoints" / n / CHECKPOINT_MARKER).is_file() for n in ("checkpoint-12", "checkpoint-16")
     )

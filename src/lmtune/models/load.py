@@ -205,24 +205,33 @@ def describe_model(model: Any) -> str:
     return f"{text}, {dtype}, {device}"
 
 
+def remote_code_refused(what: str, where: str | Path) -> ModelError:
+    """transformers refused a model whose config names its own code (trust_remote_code was False)."""
+    return ModelError(
+        f"{what} ({where}) ships its own Python code (auto_map in its config), which lmtune does not run "
+        "by default. If you trust that code, set model.trust_remote_code: true (the run records it); "
+        "otherwise choose a model transformers supports natively."
+    )
+
+
+def pickle_refused(what: str, where: str | Path) -> ModelError:
+    """A pickle file that holds more than tensors: refused by weights_only=True, never unpickled."""
+    return ModelError(
+        f"Refused to load {what} from {where}: its pickle weights hold objects other than tensors, which "
+        "could run code when unpickled, so they were read with weights_only=True and rejected. Use weights "
+        "saved as safetensors (save_pretrained writes them), or convert weights you trust to safetensors first."
+    )
+
+
 def _load_error(ref: ModelRef, err: Exception, *, what: str) -> ModelError:
     """A sentence naming the model, the path and the likely fix, for each kind of reference."""
     reason = " ".join(str(err).split())[:500] or type(err).__name__
     if not reason.endswith("."):
         reason += "."
     if isinstance(err, pickle.UnpicklingError) or "Weights only load failed" in reason:
-        return ModelError(
-            f"Refused to load the {what} of {ref.display} from {ref.path}: its pickle weights hold objects "
-            "other than tensors, which could run code when unpickled, so they were read with "
-            "weights_only=True and rejected. Use weights saved as safetensors (save_pretrained writes them), "
-            "or convert weights you trust to safetensors first."
-        )
+        return pickle_refused(f"the {what} of {ref.display}", ref.path)
     if "trust_remote_code" in reason:
-        return ModelError(
-            f"The {what} of {ref.display} ({ref.path}) ships its own Python code (auto_map in its config), "
-            "which lmtune does not run by default. If you trust that code, set model.trust_remote_code: "
-            "true (the run records it); otherwise choose a model transformers supports natively."
-        )
+        return remote_code_refused(f"The {what} of {ref.display}", ref.path)
     if ref.kind == "hub":
         local = "" if Path(ref.path).exists() else f" (no local folder named '{ref.path}' exists either)"
         return ModelError(

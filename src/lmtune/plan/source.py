@@ -234,4 +234,8 @@ def _transformers_config(ref: str, is_gguf: bool, mtime: int, trust_remote_code:
             return AutoConfig.from_pretrained(str(path.parent), gguf_file=path.name, local_files_only=True)
         return AutoConfig.from_pretrained(ref, trust_remote_code=trust_remote_code)
     except (OSError, ValueError, KeyError) as err:
+        if "trust_remote_code" in str(err):
+            from lmtune.models.load import remote_code_refused
+
+            raise remote_code_refused(f"The model config of {Path(ref).name}", ref) from err
         raise ModelError(f"Cannot read the model config of {ref}: {err}") from err

@@ -298,17 +298,18 @@ class Session:
             f"Method {self.method.name}: {trainable:,} trainable of {total:,} parameters "
             f"({100 * trainable / total:.3f}%)"
         )
-        if self.env.is_main:
-            self.check_space(model)
+        if self.env.is_main:  # a disk too small for the checkpoints: a sentence now, not hours later
+            from lmtune.train.checkpoints import check_space, checkpoint_count
+
+            t = self.cfg.train
+            count = checkpoint_count(t.save_steps, t.save_total_limit, t.max_steps)
+            check_space(model, self.run, whole_model=not self.method.needs_base, checkpoints=count)
         return model
 
-    def check_space(self, model: Any) -> None:
-        """A disk too small for the checkpoints and the final weights is a sentence now, not hours later."""
-        from lmtune.train.checkpoints import check_space, checkpoint_count
-
-        t = self.cfg.train
-        count = checkpoint_count(t.save_steps, t.save_total_limit, t.max_steps)
-        check_space(model, self.run, whole_model=not self.method.needs_base, checkpoints=count)
+    @property
+    def remote_code(self) -> bool:
+        """Whether code shipped with the model may have run: model.trust_remote_code, or a parent run's."""
+        return bool(self.cfg.model.trust_remote_code or (self.parent or {}).get("trust_remote_code"))
 
     def evaluation(self, model: Any, tokenizer: Any, *, when: str) -> dict[str, Any] | None:
         """eval.path scored as `lmtune eval` scores it: when="before" (the starting model; skipped under
@@ -538,7 +539,7 @@ class Session:
             "bf16": self.bf16,
             **marker_extra,
         }
-        if self.cfg.model.trust_remote_code:  # loading the run later runs the model's code again
+        if self.remote_code:  # loading the run later runs the model's code again
             marker["trust_remote_code"] = True
         if self.parent is not None:
             marker["parent_run"] = str(Path(self.cfg.model.name).resolve())
@@ -562,7 +563,7 @@ class Session:
                 "trainable": trainable,
                 "trainable_percent": round(100 * trainable / total, 4),
             },
-            "trust_remote_code": self.cfg.model.trust_remote_code,
+            "trust_remote_code": self.remote_code,
             "steps": output.global_step,
             "tokens_seen": trainer.state.num_input_tokens_seen,
             "train_seconds": round(train_seconds, 1),
