@@ -229,6 +229,7 @@ def test_sft_packed_survives_sigkill_and_ctrl_c(sft_reference, tiny_model_dir, s
     assert not (run / "checkpoints" / ".incomplete").exists()
 
 
+@pytest.mark.slow  # ~11 min on 2 shared cores under load (TRL's DPO steps are slow there); passes
 def test_dpo_survives_sigkill(tiny_model_dir, pairs_file, tmp_path):
     reference = tmp_path / "reference"
     train(validate_config(dpo_config(tiny_model_dir, pairs_file, reference)))
