@@ -98,3 +98,21 @@ def test_disk_full_during_a_save_keeps_the_last_checkpoint(
     result = train(validate_config(run_config(tiny_model_dir, sums_file, out)), resume=True)
     assert result.summary["steps"] == 8
     assert [p.name for p in run.checkpoint_dirs()] == ["checkpoint-6", "checkpoint-8"]
+
+
+def test_commit_seals_a_staged_checkpoint_and_replaces_one_of_the_same_step(tmp_path):
+    from lmtune.train.checkpoints import commit_checkpoint
+
+    staged = tmp_path / "checkpoints" / ".incomplete" / "checkpoint-4"
+    (staged / "sub").mkdir(parents=True)
+    (staged / "optimizer.pt").write_bytes(b"o" * 100)
+    (staged / "sub" / "shard.distcp").write_bytes(b"s" * 7)
+    final = tmp_path / "checkpoints" / "checkpoint-4"
+    final.mkdir()
+    (final / "stale.bin").write_bytes(b"x")  # an older save of the same step: replaced whole
+    commit_checkpoint(staged, final, step=4)
+    assert not staged.exists() and not (final / "stale.bin").exists()
+    marker = yaml.safe_load((final / "lmtune_checkpoint.json").read_text())
+    assert marker == {"step": 4, "files": {"optimizer.pt": 100, "sub/shard.distcp": 7}}
+    assert checkpoint_problem(final) is None
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [".incomplete", "checkpoint-4"]
