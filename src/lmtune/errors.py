@@ -19,6 +19,10 @@ class ModelError(LmtuneError):
     """A model reference cannot be resolved or loaded."""
 
 
+class StorageError(LmtuneError):
+    """The disk cannot take what the run writes (full, read-only, no permission)."""
+
+
 class DataError(LmtuneError):
     """A data file cannot be read or a record is invalid (with on_error: fail)."""
 

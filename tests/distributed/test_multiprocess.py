@@ -75,7 +75,8 @@ def test_only_rank0_writes_the_run_directory(ddp_run):
     # checkpoint folder and save its own RNG state (rng_state_1.pth): the recorder sees the folder
     # (Python audit hooks miss writes made from C++, such as torch.save's zip writer and safetensors,
     # so the folder is the evidence that rank 1's writes are recorded at all).
-    assert "checkpoints/checkpoint-2" in written, written
+    # (checkpoints are written under checkpoints/.incomplete/ and renamed into place once complete)
+    assert "checkpoints/.incomplete/checkpoint-2" in written, written
     assert all(w.startswith("checkpoints") for w in written), written
     assert (out / "checkpoints" / "checkpoint-2" / "rng_state_1.pth").is_file()
     assert stdout.count("Run directory:") == 2  # the header and the final line, printed once (rank 0)

@@ -1,7 +1,12 @@
-"""`lmtune train CONFIG`."""
+"""`lmtune train CONFIG`.
+
+Ctrl-C stops after a checkpoint and prints the exact command that resumes the run; a disk that
+fills up during training names the same command.
+"""
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 import typer
@@ -35,6 +40,30 @@ def train(
         if code:
             raise typer.Exit(code)
         return
+    from rich.console import Console
+
+    from lmtune.errors import StorageError
+    from lmtune.train.checkpoints import TrainingInterrupted
     from lmtune.train.runner import train as run_training
 
-    run_training(cfg, resume=resume)
+    again = resume_command(config, set_)
+    try:
+        run_training(cfg, resume=resume)
+    except TrainingInterrupted as stop:
+        console = Console()
+        console.print(f"[yellow]{stop}.[/]", highlight=False, soft_wrap=True)
+        if stop.checkpoint is not None:
+            console.print(f"Resume with: {again}", highlight=False, soft_wrap=True)
+        raise typer.Exit(130) from None
+    except StorageError as err:
+        if getattr(err, "resumable", False):
+            raise StorageError(f"{err} Resume with: {again}") from err
+        raise
+
+
+def resume_command(config: Path, overrides: list[str]) -> str:
+    """The command line that continues this run: the same config and overrides, plus --resume."""
+    parts = ["lmtune", "train", str(config)]
+    for item in overrides:
+        parts += ["--set", item]
+    return shlex.join([*parts, "--resume"])

@@ -36,6 +36,12 @@ class ModelSection(Section):
         "lmtune_packed for packed training on CPU (attention computed per sample, SDPA for everything "
         "else); else sdpa. Packed samples stay isolated with each.",
     )
+    trust_remote_code: bool = Field(
+        False,
+        description="Run Python code shipped with the model (auto_map in its config.json). Off: such a "
+        "model is refused with a message. Turn on only for code you trust; the run records it (summary, "
+        "run marker) and later commands loading the run use it.",
+    )
 
 
 TASKS = ("sft", "pretrain", "classification", "preference", "grpo", "rloo")

@@ -126,7 +126,8 @@ def base_dtype(marker: dict[str, Any]) -> str:
     ref = resolve_model_ref(marker["base_model"])
     if ref.gguf_file:
         return "float32"
-    declared = getattr(AutoConfig.from_pretrained(ref.path), "dtype", None)
+    remote = bool(marker.get("trust_remote_code"))  # never an interactive question
+    declared = getattr(AutoConfig.from_pretrained(ref.path, trust_remote_code=remote), "dtype", None)
     name = str(declared).replace("torch.", "") if declared is not None else "float32"
     return name if name in MEAN_DIFF_LIMIT else "float32"
 

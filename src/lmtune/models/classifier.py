@@ -9,13 +9,21 @@ is replaced by one line.
 
 from __future__ import annotations
 
+import pickle
 import sys
 from pathlib import Path
 from typing import Any
 
 from lmtune.errors import ModelError
 from lmtune.models.gguf_import import hf_progress_bars_off
-from lmtune.models.load import _load_error, _torch_dtype, describe_model, pick_dtype, resolve_device
+from lmtune.models.load import (
+    _load_error,
+    _torch_dtype,
+    describe_model,
+    pick_dtype,
+    resolve_device,
+    safe_weights_kwargs,
+)
 from lmtune.models.resolve import ModelRef
 
 # The head's attribute name in transformers' *ForSequenceClassification classes (PEFT uses the same).
@@ -32,6 +40,7 @@ def load_classifier(
     label2id: dict[str, int],
     pad_token_id: int | None = None,
     quiet: bool = False,
+    trust_remote_code: bool = False,
     **extra: Any,
 ) -> Any:
     """The model of `ref` with a `num_labels`-way head, in `dtype` on `device`.
@@ -50,7 +59,11 @@ def load_classifier(
     device = resolve_device(device)
     try:
         config = AutoConfig.from_pretrained(
-            ref.path, num_labels=num_labels, id2label=dict(id2label), label2id=dict(label2id)
+            ref.path,
+            num_labels=num_labels,
+            id2label=dict(id2label),
+            label2id=dict(label2id),
+            trust_remote_code=trust_remote_code,
         )
     except (OSError, ValueError) as err:
         raise _load_error(ref, err, what="model config") from err
@@ -67,9 +80,11 @@ def load_classifier(
                 dtype=_torch_dtype(chosen),
                 device_map=None if device == "cpu" else device,
                 output_loading_info=True,
+                trust_remote_code=trust_remote_code,
+                **safe_weights_kwargs(ref, quiet=quiet),
                 **extra,
             )
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, pickle.UnpicklingError) as err:
         raise _load_error(ref, err, what="model") from err
     finally:
         hf_logging.set_verbosity(verbosity)

@@ -2,10 +2,18 @@
 
 One place decides the dtype (so "auto" means the same everywhere), turns transformers' loading
 errors into sentences that name the path and the fix, and prints the one "Loaded ..." line.
+
+Safe loading, because a model folder is someone else's files: weights are read from safetensors
+(plain tensors, no code) whenever the folder has them; a folder with only pickle weights
+(pytorch_model.bin) is read by transformers with `torch.load(weights_only=True)`, which refuses
+any object that is not a tensor (a crafted `__reduce__` payload is an error, never executed); and
+Python code shipped with a model (config.json `auto_map`) runs only with `trust_remote_code`,
+which is off unless the config sets model.trust_remote_code.
 """
 
 from __future__ import annotations
 
+import pickle
 import sys
 from pathlib import Path
 from typing import Any
@@ -16,7 +24,7 @@ from lmtune.models.gguf_import import DTYPES, hf_progress_bars_off, load_dense_f
 from lmtune.models.resolve import ModelRef
 
 
-def load_tokenizer(ref: ModelRef) -> Any:
+def load_tokenizer(ref: ModelRef, *, trust_remote_code: bool = False) -> Any:
     """AutoTokenizer for `ref`, with a pad token (eos, else unk) so batching works.
 
     Local kinds need no `local_files_only`: transformers reads a local folder without the network.
@@ -25,7 +33,7 @@ def load_tokenizer(ref: ModelRef) -> Any:
 
     kwargs: dict[str, Any] = {"gguf_file": ref.gguf_file} if ref.gguf_file else {}
     try:
-        tokenizer = AutoTokenizer.from_pretrained(ref.path, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(ref.path, trust_remote_code=trust_remote_code, **kwargs)
     except (OSError, ValueError) as err:
         raise _load_error(ref, err, what="tokenizer") from err
     if tokenizer.pad_token is None:
@@ -36,7 +44,13 @@ def load_tokenizer(ref: ModelRef) -> Any:
 
 
 def load_causal_lm(
-    ref: ModelRef, *, dtype: str = "auto", device: str = "cpu", quiet: bool = False, **extra: Any
+    ref: ModelRef,
+    *,
+    dtype: str = "auto",
+    device: str = "cpu",
+    quiet: bool = False,
+    trust_remote_code: bool = False,
+    **extra: Any,
 ) -> Any:
     """The causal LM for `ref` in the chosen dtype on `device`; prints one line unless `quiet`.
 
@@ -58,17 +72,43 @@ def load_causal_lm(
             chosen = pick_dtype(dtype, device, config_dtype=None)
             model = load_dense_from_gguf(Path(ref.path) / ref.gguf_file, dtype=chosen, device_map=device_map)
         else:
+            safe = safe_weights_kwargs(ref, quiet=quiet)
             try:
-                config = AutoConfig.from_pretrained(ref.path)
+                config = AutoConfig.from_pretrained(ref.path, trust_remote_code=trust_remote_code)
                 chosen = pick_dtype(dtype, device, config_dtype=getattr(config, "dtype", None))
                 model = AutoModelForCausalLM.from_pretrained(
-                    ref.path, config=config, dtype=_torch_dtype(chosen), device_map=device_map, **extra
+                    ref.path,
+                    config=config,
+                    dtype=_torch_dtype(chosen),
+                    device_map=device_map,
+                    trust_remote_code=trust_remote_code,
+                    **safe,
+                    **extra,
                 )
-            except (OSError, ValueError) as err:
+            except (OSError, ValueError, pickle.UnpicklingError) as err:
                 raise _load_error(ref, err, what="model") from err
     if not quiet:
         print(f"Loaded {ref.display}: {describe_model(model)}", file=sys.stderr, flush=True)
     return model
+
+
+def safe_weights_kwargs(ref: ModelRef, *, quiet: bool = False) -> dict[str, Any]:
+    """`use_safetensors=True` for a local folder holding safetensors weights (never its pickle files);
+    for a folder with pickle weights only, one line saying they are read as tensors only."""
+    folder = Path(ref.path)
+    if not folder.is_dir():
+        return {}  # a hub id: transformers prefers safetensors and reads .bin with weights_only=True
+    if any(folder.glob("*.safetensors")) or any(folder.glob("*.safetensors.index.json")):
+        return {"use_safetensors": True}
+    pickled = sorted(p.name for p in folder.glob("*.bin") if p.name.startswith("pytorch_model"))
+    if pickled and not quiet:
+        print(
+            f"{ref.display}: no safetensors weights; reading {pickled[0]} (pickle) with weights_only=True, "
+            "which loads tensors only and refuses anything else",
+            file=sys.stderr,
+            flush=True,
+        )
+    return {}
 
 
 def resolve_device(device: str) -> str:
@@ -165,11 +205,33 @@ def describe_model(model: Any) -> str:
     return f"{text}, {dtype}, {device}"
 
 
+def remote_code_refused(what: str, where: str | Path) -> ModelError:
+    """transformers refused a model whose config names its own code (trust_remote_code was False)."""
+    return ModelError(
+        f"{what} ({where}) ships its own Python code (auto_map in its config), which lmtune does not run "
+        "by default. If you trust that code, set model.trust_remote_code: true (the run records it); "
+        "otherwise choose a model transformers supports natively."
+    )
+
+
+def pickle_refused(what: str, where: str | Path) -> ModelError:
+    """A pickle file that holds more than tensors: refused by weights_only=True, never unpickled."""
+    return ModelError(
+        f"Refused to load {what} from {where}: its pickle weights hold objects other than tensors, which "
+        "could run code when unpickled, so they were read with weights_only=True and rejected. Use weights "
+        "saved as safetensors (save_pretrained writes them), or convert weights you trust to safetensors first."
+    )
+
+
 def _load_error(ref: ModelRef, err: Exception, *, what: str) -> ModelError:
     """A sentence naming the model, the path and the likely fix, for each kind of reference."""
     reason = " ".join(str(err).split())[:500] or type(err).__name__
     if not reason.endswith("."):
         reason += "."
+    if isinstance(err, pickle.UnpicklingError) or "Weights only load failed" in reason:
+        return pickle_refused(f"the {what} of {ref.display}", ref.path)
+    if "trust_remote_code" in reason:
+        return remote_code_refused(f"The {what} of {ref.display}", ref.path)
     if ref.kind == "hub":
         local = "" if Path(ref.path).exists() else f" (no local folder named '{ref.path}' exists either)"
         return ModelError(

@@ -98,9 +98,11 @@ def meta_model(cfg: RunConfig, source: ModelSource) -> Any:
             config.num_labels = len(cfg.data.labels or ()) or 2  # the head's size does not matter here
             if getattr(config, "pad_token_id", None) is None:
                 config.pad_token_id = 0
-            model = AutoModelForSequenceClassification.from_config(config)
+            model = AutoModelForSequenceClassification.from_config(
+                config, trust_remote_code=source.trust_remote_code
+            )
         else:
-            model = AutoModelForCausalLM.from_config(config)
+            model = AutoModelForCausalLM.from_config(config, trust_remote_code=source.trust_remote_code)
     model.tie_weights()  # from_config under init_empty_weights leaves tied weights as two tensors
     name = cfg.method.name
     opts = method_options(name, source.method_options) if source.method_options else cfg.method

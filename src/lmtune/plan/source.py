@@ -43,6 +43,9 @@ class ModelSource:
     folder: Path | None = None
     method_options: dict[str, Any] | None = None  # from a previous run's marker
     ref: str = ""  # what from_pretrained takes: folder path or hub id
+    trust_remote_code: bool = (
+        False  # model.trust_remote_code (or the previous run's): never asked interactively
+    )
 
 
 def model_source(cfg: Any) -> ModelSource:
@@ -57,9 +60,11 @@ def model_source(cfg: Any) -> ModelSource:
 
     name = cfg.model.name
     options = None
+    remote = bool(getattr(cfg.model, "trust_remote_code", False))
     if is_run_dir(name):
         marker = read_marker(name)
         name, options = marker["base_model"], marker.get("method_options")
+        remote = remote or bool(marker.get("trust_remote_code"))
     key = str(name).strip().lower()
     if key in ALIASES and ALIASES[key].gguf_name:
         gguf = alias_gguf_path(name)
@@ -76,9 +81,16 @@ def model_source(cfg: Any) -> ModelSource:
         gguf = Path(ref.path) / ref.gguf_file
         return ModelSource(gguf_config(gguf), "gguf", gguf=gguf, method_options=options, ref=str(gguf))
     if ref.kind == "hub":
-        return ModelSource(hub_config(ref.path), "hub", method_options=options, ref=ref.path)
+        return ModelSource(
+            hub_config(ref.path), "hub", method_options=options, ref=ref.path, trust_remote_code=remote
+        )
     return ModelSource(
-        folder_config(ref.path), "folder", folder=Path(ref.path), method_options=options, ref=ref.path
+        folder_config(ref.path),
+        "folder",
+        folder=Path(ref.path),
+        method_options=options,
+        ref=ref.path,
+        trust_remote_code=remote,
     )
 
 
@@ -208,17 +220,22 @@ def transformers_config(source: ModelSource) -> Any:
     import copy
 
     file = Path(str(source.ref))
-    return copy.deepcopy(_transformers_config(source.ref, source.gguf is not None, _mtime(file)))
+    remote = source.trust_remote_code
+    return copy.deepcopy(_transformers_config(source.ref, source.gguf is not None, _mtime(file), remote))
 
 
 @functools.lru_cache(maxsize=8)
-def _transformers_config(ref: str, is_gguf: bool, mtime: int) -> Any:
+def _transformers_config(ref: str, is_gguf: bool, mtime: int, trust_remote_code: bool = False) -> Any:
     from transformers import AutoConfig
 
     try:
         if is_gguf:
             path = Path(ref)
             return AutoConfig.from_pretrained(str(path.parent), gguf_file=path.name, local_files_only=True)
-        return AutoConfig.from_pretrained(ref)
+        return AutoConfig.from_pretrained(ref, trust_remote_code=trust_remote_code)
     except (OSError, ValueError, KeyError) as err:
+        if "trust_remote_code" in str(err):
+            from lmtune.models.load import remote_code_refused
+
+            raise remote_code_refused(f"The model config of {Path(ref).name}", ref) from err
         raise ModelError(f"Cannot read the model config of {ref}: {err}") from err

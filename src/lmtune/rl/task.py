@@ -188,7 +188,9 @@ def build_trainer(
             per_log=rl.log_completions,
         )
         callbacks = [s.metrics, ProgressCallback(s.console), *s.tracker_callbacks()]
-    trainer = Trainer(
+    from lmtune.train.checkpoints import atomic
+
+    trainer = atomic(Trainer)(
         model=model,
         reward_funcs=list(rewards),
         args=args,

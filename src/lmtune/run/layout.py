@@ -11,7 +11,9 @@ runs/<name>/
   tokenizer.json, tokenizer_config.json, chat_template.jinja   (the template trained with)
   metrics.jsonl        one line per log step
   loss.png             training / validation loss curves
-  checkpoints/         checkpoint-N folders (train.save_steps), for --resume
+  checkpoints/         checkpoint-N folders (train.save_steps), for --resume; each is complete: it
+                       is written under checkpoints/.incomplete/ and renamed into place once its
+                       lmtune_checkpoint.json (every file and its size) is on disk (train/checkpoints.py)
   summary.md / summary.json
 """
 
@@ -25,6 +27,8 @@ from typing import Any
 from lmtune.errors import ConfigError
 
 MARKER = "lmtune_run.json"
+CHECKPOINT_MARKER = "lmtune_checkpoint.json"  # written last into a checkpoint: it is complete
+STAGING = ".incomplete"  # under checkpoints/: where a checkpoint is written before it is renamed
 
 
 @dataclass(frozen=True)
@@ -67,11 +71,60 @@ class RunDir:
     def summary_json(self) -> Path:
         return self.root / "summary.json"
 
-    def latest_checkpoint(self) -> Path | None:
+    def checkpoint_dirs(self) -> list[Path]:
+        """checkpoint-N folders, oldest first (numeric order: checkpoint-10 after checkpoint-9)."""
         if not self.checkpoints.is_dir():
-            return None
-        found = [p for p in self.checkpoints.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
-        return max(found, key=lambda p: int(p.name.split("-")[-1]), default=None)
+            return []
+        found = [p for p in self.checkpoints.glob("checkpoint-*") if checkpoint_step(p) is not None]
+        return sorted(found, key=lambda p: checkpoint_step(p) or 0)
+
+    def latest_checkpoint(self, report: Any = None) -> Path | None:
+        """The newest complete checkpoint; each newer incomplete one is passed over with a line to `report`."""
+        for path in reversed(self.checkpoint_dirs()):
+            problem = checkpoint_problem(path)
+            if problem is None:
+                return path
+            if report is not None:
+                report(f"Skipping {path}: {problem}; it is not used for --resume.")
+        return None
+
+
+def checkpoint_step(path: Path | None) -> int | None:
+    if path is None:
+        return None
+    number = path.name.removeprefix("checkpoint-")
+    return int(number) if path.name.startswith("checkpoint-") and number.isdigit() else None
+
+
+def checkpoint_problem(path: Path) -> str | None:
+    """Why `path` is not a complete checkpoint, or None when its marker matches its files."""
+    marker = path / CHECKPOINT_MARKER
+    if not marker.is_file():
+        return f"it has no {CHECKPOINT_MARKER} (the save did not finish)"
+    try:
+        files = json.loads(marker.read_text(encoding="utf-8"))["files"]
+    except (ValueError, KeyError, TypeError, OSError):
+        return f"its {CHECKPOINT_MARKER} is unreadable"
+    for name, size in files.items():
+        file = path / name
+        if not file.is_file():
+            return f"{name} is missing"
+        if file.stat().st_size != size:
+            return f"{name} is {file.stat().st_size} bytes, {size} were written (the file was cut off)"
+    return None
+
+
+def rotate_checkpoints(run: RunDir, *, keep: int | None) -> None:
+    """Delete the oldest checkpoints beyond `keep` (train.save_total_limit); never the newest complete one."""
+    if not keep:
+        return
+    import shutil
+
+    dirs = run.checkpoint_dirs()
+    newest_complete = run.latest_checkpoint()
+    for path in dirs[: max(0, len(dirs) - keep)]:
+        if path != newest_complete:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def is_run_dir(path: str | Path) -> bool:
@@ -93,7 +146,10 @@ def read_run_config(target: str | Path) -> dict[str, Any]:
 
 
 def write_json(path: Path, data: Any) -> None:
-    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    """Written to a temporary name and renamed: a crash leaves the old file or the new one, never half."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    tmp.replace(path)
 
 
 # What `lmtune train` writes before any training starts: a directory holding only these is an
@@ -110,9 +166,11 @@ def prepare_run_dir(root: str | Path, *, overwrite: bool, resume: bool) -> RunDi
     run = RunDir(Path(root))
     if resume:
         if run.latest_checkpoint() is None:
+            partial = [p.name for p in run.checkpoint_dirs()]
+            found = f" ({', '.join(partial)}: incomplete, the save did not finish)" if partial else ""
             raise ConfigError(
-                f"--resume: no checkpoint found in {run.checkpoints}. Set train.save_steps so the "
-                "first run saves checkpoints, or start without --resume."
+                f"--resume: no complete checkpoint found in {run.checkpoints}{found}. Set train.save_steps "
+                "so the first run saves checkpoints, or start without --resume."
             )
     elif run.root.exists() and any(run.root.iterdir()):
         if not overwrite and not _failed_attempt(run.root):
@@ -123,5 +181,20 @@ def prepare_run_dir(root: str | Path, *, overwrite: bool, resume: bool) -> RunDi
         import shutil
 
         shutil.rmtree(run.root)
-    run.root.mkdir(parents=True, exist_ok=True)
+    check_writable(run.root)
     return run
+
+
+def check_writable(root: Path) -> None:
+    """Create `root` and write a probe file in it, so an unwritable output is a sentence before training."""
+    probe = root / ".lmtune-write-probe"
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as err:
+        why = err.strerror or type(err).__name__
+        raise ConfigError(
+            f"output directory {root} is not writable ({why}: {err.filename or root}). Set output.dir "
+            "(or output.name) to a folder you can write to, or fix its permissions."
+        ) from err

@@ -7,6 +7,7 @@ loads as its sequence-classification model (the labels come from the run's marke
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,7 @@ def load_target(
     """`full_precision`: load a run's base without its method's quantization (a QLoRA adapter on the
     original weights, as `lmtune merge` needs), in `dtype`."""
     from lmtune.methods.base import get_method, method_options
-    from lmtune.models.load import load_causal_lm, load_tokenizer
+    from lmtune.models.load import load_causal_lm, load_tokenizer, pickle_refused
     from lmtune.models.resolve import ModelRef, resolve_model_ref
 
     if is_run_dir(target):
@@ -43,7 +44,8 @@ def load_target(
         own = ModelRef(
             spec=str(run_dir), kind="folder", path=str(run_dir), gguf_file=None, display=run_dir.name
         )
-        tokenizer = load_tokenizer(own)
+        remote = bool(info.get("trust_remote_code"))  # recorded by a run that set model.trust_remote_code
+        tokenizer = load_tokenizer(own, trust_remote_code=remote)
         task = info.get("task", "sft")
         loader: Any = load_causal_lm
         if task == "classification":
@@ -55,11 +57,15 @@ def load_target(
                 dtype=dtype,
                 device=device,
                 quiet=quiet,
+                trust_remote_code=remote,
                 **({} if full_precision else method.load_kwargs(opts, bf16=info.get("bf16", False))),
             )
-            model = method.load(base, run_dir, task=task)
+            try:
+                model = method.load(base, run_dir, task=task)
+            except pickle.UnpicklingError as err:  # an adapter_model.bin with more than tensors
+                raise pickle_refused(f"the {info['method']} weights of run {run_dir.name}", run_dir) from err
         else:
-            model = loader(own, dtype=dtype, device=device, quiet=quiet)
+            model = loader(own, dtype=dtype, device=device, quiet=quiet, trust_remote_code=remote)
         model.eval()
         if task == "classification":
             from lmtune.models.classifier import pad_left_for_last_token

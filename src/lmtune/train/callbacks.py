@@ -37,6 +37,24 @@ class MetricsCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         self._last_time = time.perf_counter()
         self._last_tokens = state.num_input_tokens_seen
+        if state.global_step and self.path.is_file():
+            self._resume_history(state.global_step)
+
+    def _resume_history(self, step: int) -> None:
+        """Under --resume: the rows up to the checkpoint's step are the run's history; rows a killed
+        run logged after it are dropped (those steps are trained again), so the curve has each step once."""
+        rows = []
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:  # a line cut off by the kill
+                continue
+            if isinstance(row, dict) and row.get("step", 0) <= step:
+                rows.append(row)
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+        tmp.replace(self.path)
+        self.history = rows
 
     def on_step_end(self, args, state, control, **kwargs):
         if state.global_step == state.max_steps:

@@ -123,6 +123,7 @@ def _trainer(
 
     from lmtune.eval.classification import classification_report
     from lmtune.tokenize.classification import ListDataset, collator
+    from lmtune.train.checkpoints import atomic
     from lmtune.train.optim import build_optimizer
 
     report: dict[str, Any] = {}
@@ -137,7 +138,7 @@ def _trainer(
 
     has_val = bool(val)
     trainer = s.quiet(
-        Trainer(
+        atomic(Trainer)(
             model=model,
             args=s.training_args(has_val=has_val, label_names=["labels"]),
             train_dataset=ListDataset(train),

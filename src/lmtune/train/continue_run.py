@@ -20,6 +20,7 @@ frozen copy of the loaded model), not the raw base.
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,8 @@ def load_previous_run(
             f"{opts.options()}; the method options in this config are not used.[/]"
         )
     kw = {**kwargs, **method.load_kwargs(opts, bf16=session.bf16)}
+    if marker.get("trust_remote_code"):  # the parent ran its base model's own code: so must this run
+        kw["trust_remote_code"] = True
     load = loader or load_causal_lm
     root = Path(run_dir)
     if not method.needs_base:  # full, freeze: a whole model folder
@@ -102,4 +105,9 @@ def _peft_trainable(method: Any, base: Any, run_dir: Path) -> Any:
         from peft import prepare_model_for_kbit_training
 
         base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
-    return method.fix(PeftModel.from_pretrained(base, str(run_dir), is_trainable=True))
+    try:
+        return method.fix(PeftModel.from_pretrained(base, str(run_dir), is_trainable=True))
+    except pickle.UnpicklingError as err:  # an adapter_model.bin with more than tensors
+        from lmtune.models.load import pickle_refused
+
+        raise pickle_refused(f"the adapter of run {run_dir.name}", run_dir) from err

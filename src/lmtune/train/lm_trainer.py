@@ -1,7 +1,8 @@
 """The Trainer for causal-LM tasks (sft, pretrain): trained-position loss, speed accounting, compile.
 
 Built on the public extension points of `transformers.Trainer`: `compute_loss` (the loss), a
-callback (timing, and torch.compile switched on mid-run when it pays back).
+callback (timing, and torch.compile switched on mid-run when it pays back); checkpoints are saved
+atomically (train/checkpoints.py).
 """
 
 from __future__ import annotations
@@ -11,10 +12,11 @@ from typing import Any
 from transformers import Trainer, TrainerCallback
 
 from lmtune.tokenize.masking import IGNORE
+from lmtune.train.checkpoints import AtomicCheckpoints
 from lmtune.train.lm_loss import chunked_lm_loss_sum, decoder_and_head, supports_chunked_loss
 
 
-class LMTrainer(Trainer):
+class LMTrainer(AtomicCheckpoints, Trainer):
     """`compute_loss` runs the decoder, then the head and cross-entropy at trained positions only.
 
     The loss is divided by the trained tokens of all micro-batches of the optimizer step (the Trainer

@@ -319,6 +319,7 @@ def to_dataset(records: list[Any]) -> Any:
 
 def build_trainer(s: Session, model: Any, tokenizer: Any, train_ds: Any, val_ds: Any) -> Any:
     """The TRL trainer for the configured loss, with our callbacks, arguments and optimizer."""
+    from lmtune.train.checkpoints import atomic
     from lmtune.train.optim import build_optimizer
 
     cfg, p = s.cfg, s.cfg.preference
@@ -364,7 +365,7 @@ def build_trainer(s: Session, model: Any, tokenizer: Any, train_ds: Any, val_ds:
         args.include_num_input_tokens_seen = "no"
     kwargs: dict[str, Any] = {"ref_model": ref_model} if p.loss in REFERENCE_LOSSES else {}
     with _quiet_datasets():  # TRL tokenises through datasets.map, which draws a bar per pass
-        trainer = Trainer(
+        trainer = atomic(Trainer)(
             model=model,
             args=args,
             train_dataset=train_ds,

@@ -104,6 +104,7 @@ class Session:
         self.packing: dict[str, Any] | None = None  # packing stats, when samples were packed
         self.eval_data: Any = None  # eval.path's records (lmtune.eval.items.EvalData), read once
         self.eval_options: Any = None
+        self.stopper: Any = None  # StopOnInterrupt (train/checkpoints.py), once a trainer exists
 
     def _make_run_dir(self) -> RunDir:
         """Rank 0 creates (or checks, under --resume) the run directory; the other ranks only name it."""
@@ -203,7 +204,7 @@ class Session:
     def load_tokenizer(self) -> Any:
         from lmtune.models.load import load_tokenizer
 
-        return load_tokenizer(self.model_ref())
+        return load_tokenizer(self.model_ref(), trust_remote_code=self.cfg.model.trust_remote_code)
 
     def load_model(self, loader: Any = None, **extra: Any) -> Any:
         """The base model in float32 master weights (or the run `model.name` names), checked for the method.
@@ -227,6 +228,12 @@ class Session:
         self.distributed_fast_paths()
         dtype = "float32" if cfg.model.dtype == "auto" else cfg.model.dtype
         kwargs = {**self.method.load_kwargs(cfg.method, bf16=self.bf16), **extra}
+        if cfg.model.trust_remote_code:
+            self.console.print(
+                "[yellow]model.trust_remote_code: true: Python code shipped with the model may run "
+                "(recorded in summary.json and the run marker)[/]"
+            )
+            kwargs["trust_remote_code"] = True
         if is_run_dir(cfg.model.name):
             from lmtune.train.continue_run import load_previous_run
 
@@ -300,7 +307,18 @@ class Session:
             f"Method {self.method.name}: {trainable:,} trainable of {total:,} parameters "
             f"({100 * trainable / total:.3f}%)"
         )
+        if self.env.is_main:  # a disk too small for the checkpoints: a sentence now, not hours later
+            from lmtune.train.checkpoints import check_space, checkpoint_count
+
+            t = self.cfg.train
+            count = checkpoint_count(t.save_steps, t.save_total_limit, t.max_steps)
+            check_space(model, self.run, whole_model=not self.method.needs_base, checkpoints=count)
         return model
+
+    @property
+    def remote_code(self) -> bool:
+        """Whether code shipped with the model may have run: model.trust_remote_code, or a parent run's."""
+        return bool(self.cfg.model.trust_remote_code or (self.parent or {}).get("trust_remote_code"))
 
     def evaluation(self, model: Any, tokenizer: Any, *, when: str) -> dict[str, Any] | None:
         """eval.path scored as `lmtune eval` scores it: when="before" (the starting model; skipped under
@@ -376,6 +394,7 @@ class Session:
         return args
 
     def callbacks(self) -> list[Any]:
+        """Metrics file and progress bar (rank 0); `quiet` adds the Ctrl-C handler to every trainer."""
         from lmtune.train.callbacks import MetricsCallback, ProgressCallback
 
         if not self.env.is_main:  # metrics file and progress bar: rank 0's (its logged loss is the mean)
@@ -406,14 +425,33 @@ class Session:
 
         trainer.remove_callback(HFProgress)
         trainer.remove_callback(PrinterCallback)
+        if not self.strategy.distributed:  # launched processes get SIGINT from their launcher
+            from lmtune.train.checkpoints import StopOnInterrupt
+
+            self.stopper = StopOnInterrupt(self.console)
+            trainer.add_callback(self.stopper)
         return trainer
 
     def train(self, trainer: Any) -> tuple[Any, float]:
-        """trainer.train(), resumed from the latest checkpoint under --resume; returns (output, seconds)."""
+        """trainer.train(), resumed from the newest complete checkpoint under --resume; returns
+        (output, seconds). Ctrl-C ends it with a checkpoint and `TrainingInterrupted`."""
+        from lmtune.train.checkpoints import TrainingInterrupted
+
         started = time.perf_counter()
         self.trainer = trainer
-        ckpt = str(self.run.latest_checkpoint()) if self.resume else None
-        output = trainer.train(resume_from_checkpoint=ckpt)
+        ckpt = None
+        if self.resume:
+            say = lambda line: self.console.print(line, highlight=False, soft_wrap=True)  # noqa: E731
+            last = self.run.latest_checkpoint(report=say)
+            say(f"Resuming from {last}")
+            ckpt = str(last)
+        try:
+            output = trainer.train(resume_from_checkpoint=ckpt)
+        finally:
+            if self.stopper is not None:
+                self.stopper.restore()  # the previous Ctrl-C handler back, whatever happened
+        if self.stopper is not None and self.stopper.requested:
+            raise TrainingInterrupted(trainer.state.global_step, self.run.latest_checkpoint())
         return output, time.perf_counter() - started
 
     def train_lm(self, model: Any, tokenizer: Any, train: Any, val: Any) -> dict[str, Any]:
@@ -507,12 +545,17 @@ class Session:
         if not self.env.is_main:
             barrier()  # wait for rank 0's files, so no process reports the run finished before they exist
             return
-        if state is None:
-            self.method.save(model, self.run.root)
-        else:
-            self.method.save(model, self.run.root, state_dict=state)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(self.run.root)
+        try:
+            if state is None:
+                self.method.save(model, self.run.root)
+            else:
+                self.method.save(model, self.run.root, state_dict=state)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(self.run.root)
+        except OSError as err:
+            from lmtune.train.checkpoints import save_error
+
+            raise save_error(err, self.run, "the final weights", self.run.root) from err
         base = self.parent["base_model"] if self.parent else self.cfg.model.name
         marker = {
             "lmtune_version": __version__,
@@ -524,6 +567,8 @@ class Session:
             "bf16": self.bf16,
             **marker_extra,
         }
+        if self.remote_code:  # loading the run later runs the model's code again
+            marker["trust_remote_code"] = True
         if self.parent is not None:
             marker["parent_run"] = str(Path(self.cfg.model.name).resolve())
             marker["method_options"] = self.parent["method_options"]
@@ -546,6 +591,7 @@ class Session:
                 "trainable": trainable,
                 "trainable_percent": round(100 * trainable / total, 4),
             },
+            "trust_remote_code": self.remote_code,
             "steps": output.global_step,
             "tokens_seen": trainer.state.num_input_tokens_seen,
             "train_seconds": round(train_seconds, 1),
