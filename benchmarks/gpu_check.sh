@@ -38,7 +38,7 @@ check() {  # check NAME ARGS... : run `lmtune train examples/quickstart.yaml ARG
 }
 
 check lora         --set method.name=lora
-check qlora        --set method.name=qlora
+check qlora        --set method.name=qlora --set method.quant_type=nf4 --set method.double_quant=true --set train.optim=adamw_8bit
 check bf16_sdpa    --set train.bf16=true --set model.attn_implementation=sdpa --set data.packing=false
 check flash_attn   --set train.bf16=true --set model.attn_implementation=flash_attention_2
 check ddp_ws1      --nproc 1 --set distributed.strategy=ddp

@@ -20,6 +20,10 @@ from lmtune.export import compressed
 from lmtune.export.records import ExportRecords
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
+needs_llm_compressor = pytest.mark.skipif(
+    not compressed.available(),
+    reason="llm-compressor is not installed (see the gptq extra in pyproject.toml: --no-deps with transformers > 5.17)",
+)
 PROBE = "The quick brown fox jumps over the lazy dog."
 CALIB = [
     EvalItem(f"c#{k}", [], messages=[{"role": "user", "content": f"Tell me about the number {k}."},
@@ -56,13 +60,21 @@ def check_folder(folder, original, tokenizer, *, bits: int, group: int, rel_logi
     assert len(new) == 6  # it generates
 
 
+@needs_llm_compressor
 @pytest.mark.parametrize("fmt,bits,rel_logits", [("awq", 4, 0.15), ("gptq", 8, 0.01)])
 def test_compressed_folder_loads_in_transformers(fmt, bits, rel_logits, tiny_model_dir, tmp_path):
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     records = ExportRecords(held_out=ITEMS, held_out_source="ITEMS", calib=CALIB, calib_source="CALIB")
     report = compressed.export_compressed(
-        model, tokenizer, tmp_path / fmt, fmt=fmt, records=records, bits=bits, group_size=32, say=lambda *_: None
+        model,
+        tokenizer,
+        tmp_path / fmt,
+        fmt=fmt,
+        records=records,
+        bits=bits,
+        group_size=32,
+        say=lambda *_: None,
     )
     check_folder(tmp_path / fmt, model, tokenizer, bits=bits, group=32, rel_logits=rel_logits)
     assert report["calibration"]["records"] == len(CALIB)
@@ -71,11 +83,22 @@ def test_compressed_folder_loads_in_transformers(fmt, bits, rel_logits, tiny_mod
     assert not list(tmp_path.glob(".*unquantized"))
 
 
+@needs_llm_compressor
 def test_gptq_cli_with_calib_file(tiny_model_dir, tmp_path):
     calib = tmp_path / "calib.jsonl"
     calib.write_text("".join(json.dumps({"messages": it.messages}) + "\n" for it in CALIB))
     out = tmp_path / "gptq"
-    args = ["export", str(tiny_model_dir), str(out), "--format", "gptq", "--group-size", "32", "--calib", str(calib)]
+    args = [
+        "export",
+        str(tiny_model_dir),
+        str(out),
+        "--format",
+        "gptq",
+        "--group-size",
+        "32",
+        "--calib",
+        str(calib),
+    ]
     result = CliRunner().invoke(app, [*args, "--force"])
     assert result.exit_code == 0, result.output
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
@@ -90,7 +113,9 @@ def test_gptq_cli_with_calib_file(tiny_model_dir, tmp_path):
 
 def test_group_size_and_bits_errors(tiny_model_and_tokenizer):
     model, _ = tiny_model_and_tokenizer  # widths 64 and 128
-    with pytest.raises(ConfigError, match=r"--group-size 128 does not divide .*64 columns.*Use --group-size 64"):
+    with pytest.raises(
+        ConfigError, match=r"--group-size 128 does not divide .*64 columns.*Use --group-size 64"
+    ):
         compressed.check_options(model, bits=4, group_size=128)
     with pytest.raises(ConfigError, match="--bits 3"):
         compressed.check_options(model, bits=3, group_size=32)
