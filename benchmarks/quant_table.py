@@ -30,8 +30,8 @@ RUNTIMES = {
     "bf16": "transformers, vLLM",
     "int8": "transformers + torchao",
     "int4": "transformers + bitsandbytes",
-    "gptq": "vLLM (GPU kernels), transformers + compressed-tensors (decompresses on CPU)",
-    "awq": "vLLM (GPU kernels), transformers + compressed-tensors (decompresses on CPU)",
+    "gptq": "vLLM (GPU kernels), transformers + compressed-tensors",
+    "awq": "vLLM (GPU kernels), transformers + compressed-tensors",
     "gguf": "llama.cpp, Ollama, LM Studio",
 }
 GGUF_QUANTS = ("f16", "q8_0", "q6_k", "q5_k_m", "q4_k_m", "q4_0")

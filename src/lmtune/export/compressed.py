@@ -246,7 +246,7 @@ def write_report(out_dir: Path, report: dict[str, Any]) -> None:
         "",
         "## Load it",
         "",
-        "transformers (compressed-tensors installed; on a CPU the weights are decompressed to float on load):",
+        "transformers (compressed-tensors installed; the packed weights are unpacked as it computes):",
         "",
         "```python",
         "from transformers import AutoModelForCausalLM, AutoTokenizer",
