@@ -149,3 +149,21 @@ def test_gguf_perplexity_in_llama_cpp_matches_transformers(tiny_model_and_tokeni
     assert got["ppl_increase"] == pytest.approx(q["perplexity"] / u["perplexity"] - 1)
     assert 0 <= got["greedy_prefix_agreement"] <= 1 and got["prompts"] == 4
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.q8_0.gguf"]  # the f16 reference is gone
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None, reason="llama-cpp-python is not installed")
+def test_gguf_export_cli_measures_and_applies_the_limit(fitted_model_dir, tmp_path):
+    """`--format gguf --quant q4_0`: measured in llama.cpp against f16 on --data, the limit applied
+    (0 with --force: kept, and the gate's verdict agrees with the measured rise)."""
+    data = tmp_path / "held.jsonl"
+    data.write_text("".join(json.dumps({"messages": it.messages}) + "\n" for it in ITEMS))
+    out = tmp_path / "m.q4_0.gguf"
+    args = ["export", str(fitted_model_dir), str(out), "--quant", "q4_0", "--data", str(data)]
+    result = CliRunner().invoke(app, [*args, "--max-ppl-increase", "0", "--force"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.with_suffix(".quant.json").read_text())
+    u, q = report["unquantized"], report["quantized"]
+    assert u["loss_records"] == q["loss_records"] == len(ITEMS) and q["size_bytes"] == out.stat().st_size
+    assert report["ppl_gate"] == ("forced" if report["ppl_increase"] > 0 else "passed")
+    assert ("Kept because of --force" in result.output) == (report["ppl_gate"] == "forced")
+    assert "q4_0 (vs f16, llama.cpp):" in result.output
