@@ -131,20 +131,25 @@ def test_int4_export_over_the_limit_fails_unless_forced(fitted_model_dir, tmp_pa
 
 
 @pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None, reason="llama-cpp-python is not installed")
-def test_gguf_perplexity_in_llama_cpp_matches_transformers(tiny_model_and_tokenizer, tmp_path):
+def test_gguf_perplexity_in_llama_cpp_matches_transformers(fitted_model_dir, tmp_path):
     """q8_0 measured in llama.cpp against an f16 file: the f16 side's perplexity (llama.cpp logits)
-    equals transformers' on the same records, to f16 precision."""
+    equals the direct computation in transformers on the same records. The weights are rounded to
+    f16 first, so the file holds exactly the model's weights and only compute precision differs
+    (compared as losses, i.e. log perplexities, in nats)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     from lmtune.export.gguf import export_gguf
     from lmtune.export.gguf.quality import measure_gguf
 
-    model, tokenizer = tiny_model_and_tokenizer
+    model = AutoModelForCausalLM.from_pretrained(fitted_model_dir).half().float().eval()
+    tokenizer = AutoTokenizer.from_pretrained(fitted_model_dir)
     path = export_gguf(model, tokenizer, tmp_path / "m.q8_0.gguf", quant="q8_0", notes=[])
     got = measure_gguf(path, model, tokenizer, quant="q8_0", items=ITEMS)
     want, tokens = direct_perplexity(model, tokenizer, ITEMS)
     u, q = got["unquantized"], got["quantized"]
     assert u["loss_tokens"] == q["loss_tokens"] == tokens
-    assert u["perplexity"] == pytest.approx(want, rel=2e-3)  # f16 weights against float32
-    assert q["perplexity"] == pytest.approx(want, rel=2e-2)  # q8_0: close, and measured
+    assert abs(math.log(u["perplexity"]) - math.log(want)) < 0.01, (u["perplexity"], want)
+    assert abs(math.log(q["perplexity"]) - math.log(want)) < 0.1, (q["perplexity"], want)  # q8_0: close
     assert q["size_bytes"] == path.stat().st_size < u["size_bytes"]
     assert got["ppl_increase"] == pytest.approx(q["perplexity"] / u["perplexity"] - 1)
     assert 0 <= got["greedy_prefix_agreement"] <= 1 and got["prompts"] == 4
