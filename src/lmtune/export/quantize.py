@@ -15,17 +15,23 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 from pathlib import Path
 from typing import Any
 
 from lmtune.errors import ConfigError
+from lmtune.export.quality import (
+    DEFAULT_MAX_PPL_INCREASE,
+    check_limit,
+    compare,
+    gate_folder,
+    markdown_table,
+    measure_hf,
+)
 
 SCHEMES = {
     "int8": ("torchao", "Int8WeightOnly: int8 weights, one scale per output row"),
     "int4": ("bitsandbytes", "NF4 in blocks of 64, float32 compute"),
 }
-SPEED_PROMPTS = ("Who are you?", "Write two sentences about the sea.", "What is 12 times 3?")
 
 
 def quantization_config(fmt: str) -> Any:
@@ -59,14 +65,18 @@ def export_quantized(
     *,
     fmt: str,
     items: list[Any] | None = None,
-    max_new_tokens: int = 32,
+    held_out_source: str = "",
+    max_ppl_increase: float = DEFAULT_MAX_PPL_INCREASE,
+    force: bool = False,
     say: Any = print,
 ) -> dict[str, Any]:
-    """Quantize `model` (float32, merged) into `out_dir` and measure it; returns the report."""
+    """Quantize `model` (float32, merged) into `out_dir` and measure it (export/quality.py); returns
+    the report. Fails (folder removed) when perplexity rises past `max_ppl_increase`, unless `force`."""
     from transformers import AutoModelForCausalLM
 
     if fmt not in SCHEMES:
         raise ConfigError(f"--format {fmt!r}: the quantized formats are {', '.join(SCHEMES)}")
+    check_limit(max_ppl_increase)
     config = quantization_config(fmt)
     staging = out_dir.parent / f".{out_dir.name}.unquantized"
     shutil.rmtree(staging, ignore_errors=True)
@@ -81,45 +91,25 @@ def export_quantized(
         reloaded = AutoModelForCausalLM.from_pretrained(out_dir, device_map="cpu")
         _check_reload(quantized, reloaded, tokenizer, out_dir)
         say(f"Measuring {fmt} against the unquantized model ...")
+        library, scheme = SCHEMES[fmt]
         report = {
             "format": fmt,
-            "library": "bitsandbytes",
-            "scheme": "LLM.int8 (absmax per row, outliers in fp16)"
-            if fmt == "int8"
-            else "NF4, float32 compute",
-            "unquantized": measure(model, tokenizer, staging, items, max_new_tokens),
-            "quantized": measure(reloaded, tokenizer, out_dir, items, max_new_tokens),
+            "library": library,
+            "scheme": scheme,
+            "held_out": held_out_source,
+            "unquantized": measure_hf(model, tokenizer, staging, items),
+            "quantized": measure_hf(reloaded, tokenizer, out_dir, items),
         }
+    except BaseException:
+        shutil.rmtree(out_dir, ignore_errors=True)
+        raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    u, q = report["unquantized"], report["quantized"]
-    report["size_ratio"] = q["size_bytes"] / u["size_bytes"]
-    report["greedy_identical"] = [a == b for a, b in zip(u.pop("answers"), q.pop("answers"))]
+    report.update(compare(report["unquantized"], report["quantized"]))
+    report["forced"] = gate_folder(out_dir, report, max_ppl_increase, force=force)
     (out_dir / "quantization.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     (out_dir / "README.md").write_text(report_markdown(report), encoding="utf-8")
     return report
-
-
-def measure(model: Any, tokenizer: Any, folder: Path, items: list[Any] | None, max_new_tokens: int) -> dict:
-    """Size of the weight files, perplexity on `items` (answer tokens), greedy answers and tokens/s."""
-    from lmtune.eval.loss import conversation_nll, corpus_loss
-    from lmtune.infer.generate import GenerationOptions, generate_with_counts
-
-    size = sum(p.stat().st_size for p in folder.glob("*.safetensors"))
-    out: dict[str, Any] = {"size_bytes": size}
-    if items:
-        out.update(corpus_loss(conversation_nll(model, tokenizer, items)))
-    if getattr(tokenizer, "chat_template", None):
-        convs = [[{"role": "user", "content": p}] for p in SPEED_PROMPTS]
-        options = GenerationOptions(max_new_tokens=max_new_tokens)
-        start = time.perf_counter()
-        replies = generate_with_counts(model, tokenizer, convs, options, batch_size=1)
-        seconds = time.perf_counter() - start
-        out["tokens_per_second"] = sum(n for _, n in replies) / seconds
-        out["answers"] = [text for text, _ in replies]
-    else:
-        out["answers"] = []
-    return out
 
 
 def _check_reload(quantized: Any, reloaded: Any, tokenizer: Any, out_dir: Path) -> None:
@@ -136,31 +126,14 @@ def _check_reload(quantized: Any, reloaded: Any, tokenizer: Any, out_dir: Path) 
 
 
 def report_markdown(r: dict[str, Any]) -> str:
-    u, q = r["unquantized"], r["quantized"]
-
-    def fmt(x: Any, digits: int = 3) -> str:
-        return "-" if x is None else (f"{x:.{digits}f}" if isinstance(x, float) else str(x))
-
-    rows = [
-        ("weights on disk (MiB)", fmt(u["size_bytes"] / 2**20, 1), fmt(q["size_bytes"] / 2**20, 1)),
-        ("perplexity (held-out answers)", fmt(u.get("perplexity")), fmt(q.get("perplexity"))),
-        (
-            "generation tokens/s (CPU, batch 1)",
-            fmt(u.get("tokens_per_second"), 1),
-            fmt(q.get("tokens_per_second"), 1),
-        ),
-    ]
-    same = sum(r["greedy_identical"])
     lines = [
         f"# {r['format']} weight-only quantized model ({r['library']}: {r['scheme']})",
         "",
         f"Load it like any model ({r['library']} installed): `AutoModelForCausalLM.from_pretrained(folder)`.",
         "",
-        "| | unquantized (float32) | " + r["format"] + " |",
-        "|---|---|---|",
-        *[f"| {a} | {b} | {c} |" for a, b, c in rows],
+        f"Held-out records: {r.get('held_out') or 'none'}.",
         "",
-        f"Greedy answers identical to the unquantized model on {same} of {len(r['greedy_identical'])} prompts.",
+        *markdown_table(r, original="unquantized (float32)", quantized=r["format"]),
         "",
     ]
     return "\n".join(lines)

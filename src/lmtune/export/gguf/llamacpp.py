@@ -12,14 +12,13 @@
 - llama.cpp's tokenizer against the transformers tokenizer on a mixed English / Chinese / emoji text.
 
 `export_k_quant` writes an f16 GGUF with our writer, then runs llama.cpp's own quantizer
-(`llama_model_quantize`) on it, and measures the result against the f16 file in llama.cpp: size,
-greedy agreement on a fixed prompt set, tokens/s.
+(`llama_model_quantize`) on it. `lmtune.export.gguf.quality` measures every quantized GGUF against
+an f16 file in llama.cpp.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import time
 from pathlib import Path
@@ -167,8 +166,8 @@ def tokenizer_check(llm: Any, tokenizer: Any, text: str = MIXED_TEXT) -> dict[st
 def export_k_quant(
     model: Any, tokenizer: Any, out_path: str | Path, *, quant: str, name: str | None, notes: list[str] | None
 ) -> Path:
-    """Write `quant` (q4_k_m | q5_k_m | q6_k) by llama.cpp's quantizer from an f16 file we write,
-    then measure it against that f16 file (written beside it as <out>.quant.json)."""
+    """Write `quant` (q4_k_m | q5_k_m | q6_k) by llama.cpp's quantizer from an f16 file we write
+    (and remove). What it costs is measured by gguf/quality.py, for every GGUF quant alike."""
     from lmtune.export.gguf.writer import export_gguf
 
     if not available():
@@ -191,63 +190,8 @@ def export_k_quant(
         if code != 0 or not tmp.exists():
             raise ConfigError(f"llama.cpp's quantizer failed ({quant}, code {code}) on {f16}.")
         os.replace(tmp, out)
-        report = measure_quant(out, f16, tokenizer, quant)
-        out.with_suffix(".quant.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     finally:
         for leftover in (f16, tmp):
             if leftover.exists():
                 leftover.unlink()
     return out
-
-
-DEFAULT_QUANT_PROMPTS = (
-    "What is the capital of France?",
-    "Write a haiku about autumn leaves.",
-    "Explain what a neural network is in one sentence.",
-    "List three fruits.",
-)
-
-
-def measure_quant(path: Path, reference: Path, tokenizer: Any, quant: str) -> dict[str, Any]:
-    """Size, greedy agreement with `reference` (the f16 file) and decode tokens/s, all in llama.cpp."""
-    from lmtune.export.gguf.verify import chat_prompt_ids, stop_ids
-
-    prompts = [chat_prompt_ids(tokenizer, p) for p in DEFAULT_QUANT_PROMPTS]
-    stop = stop_ids(tokenizer)
-    results: dict[str, Any] = {}
-    for label, file in (("reference", reference), ("quantized", path)):
-        llm = open_llama(file, _context(prompts, 32))
-        outs, seconds, generated = [], 0.0, 0
-        for ids in prompts:
-            start = time.perf_counter()
-            _, new = cpp_logits_and_greedy(llm, ids, 32, stop)
-            seconds += time.perf_counter() - start
-            generated += len(new)
-            outs.append(new)
-        results[label] = {"greedy": outs, "tokens_per_second": generated / seconds if seconds else None}
-        llm.close()
-    agreements = []
-    for ref, got in zip(results["reference"]["greedy"], results["quantized"]["greedy"]):
-        same = next((i for i, (a, b) in enumerate(zip(ref, got)) if a != b), min(len(ref), len(got)))
-        agreements.append(same / max(len(ref), 1))
-    types = _file_types(path)
-    return {
-        "file": str(path),
-        "quant": quant,
-        "size_bytes": path.stat().st_size,
-        "reference_size_bytes": reference.stat().st_size,
-        "tensor_types": types,
-        "greedy_prefix_agreement": sum(agreements) / len(agreements),
-        "greedy_identical_prompts": sum(a == 1.0 for a in agreements),
-        "prompts": len(agreements),
-        "tokens_per_second": results["quantized"]["tokens_per_second"],
-        "reference_tokens_per_second": results["reference"]["tokens_per_second"],
-        "note": "greedy agreement: share of the f16 file's 32 greedy tokens reproduced before the first "
-        "difference, averaged over the prompts; tokens/s: prompt + decode time in llama.cpp on this machine.",
-    }
-
-
-def _file_types(path: Path) -> dict[str, int]:
-    from lmtune.export.gguf.checks import file_tensor_types, type_counts
-
-    return type_counts(file_tensor_types(path))

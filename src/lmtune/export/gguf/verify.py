@@ -51,7 +51,7 @@ QUANT_TOLERANCES: dict[str, dict[str, float]] = {
     "q8_0": {"max": 4.0, "mean": 0.6},
     "q4_0": {"max": 50.0, "mean": 6.0},
     # k-quants (llama.cpp's quantizer): not measured against transformers on SmolLM2 yet, so set
-    # at the block quant of the same or fewer bits; llamacpp.measure_quant reports the real cost.
+    # at the block quant of the same or fewer bits; gguf/quality.py measures the real cost.
     "q6_k": {"max": 4.0, "mean": 0.6},
     "q5_k_m": {"max": 50.0, "mean": 6.0},
     "q4_k_m": {"max": 50.0, "mean": 6.0},
