@@ -29,6 +29,7 @@ def choose(pg, elem: str, value: str) -> None:
     box.click()
     box.fill(value)
     box.press("Enter")
+    box.press("Escape")
     box.press("Tab")
 
 
@@ -119,7 +120,7 @@ def test_train_stop_resume_finish(page, workdir, shots):
     shot(pg, shots, "train")
 
 
-def test_chat_streams_the_trained_run(page, workdir, shots):
+def test_chat_streams_the_trained_run(page, workdir, shots, monkeypatch):
     from lmtune.infer.generate import GenerationOptions, generate_replies
     from lmtune.run.load import load_target
 
@@ -139,7 +140,8 @@ def test_chat_streams_the_trained_run(page, workdir, shots):
     shown = pg.locator("#lt-chat-bot .bot").last.inner_text()
     grew = sorted(set(pg.evaluate("window.lengths")))
     assert len([n for n in grew if 0 < n < len(shown)]) >= 2, f"reply did not stream: lengths {grew}"
-    loaded = load_target(str(workdir / RUN), quiet=True)
+    monkeypatch.chdir(workdir)  # the run names its base model as the UI was given it: models/tiny
+    loaded = load_target(RUN, quiet=True)
     (expected,) = generate_replies(
         loaded.model, loaded.tokenizer, [[{"role": "user", "content": "What is 3 plus 5?"}]],
         GenerationOptions(max_new_tokens=64),

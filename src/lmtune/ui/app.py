@@ -233,7 +233,9 @@ def build_app(root: str | Path = ".", runs_dir: str = "runs") -> Any:
                 e_data = gr.Dropdown(choices=list_data_files(root), allow_custom_value=True, label="data file",
                                      elem_id="lt-eval-data")  # fmt: skip
                 e_metrics = gr.Textbox("auto", label="metrics (comma list, auto = what the data supports)")
-                e_limit = gr.Number(None, precision=0, label="limit (records)")
+                e_limit = gr.Number(
+                    None, precision=0, label="limit (records, empty = all)", elem_id="lt-eval-limit"
+                )
             e_go = gr.Button("Evaluate", variant="primary", elem_id="lt-eval-run")
             e_out = gr.Markdown(elem_id="lt-eval-report")
             e_go.click(

@@ -80,7 +80,7 @@ def loss_svg(rows: list[dict[str, Any]], *, width: int = 520, height: int = 220)
     if val:
         legend += f'<text x="{width - 80}" y="14" font-size="11" fill="#f59e0b">eval loss</text>'
     svg = (
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" width="100%" '
         f'style="background:#fff;border:1px solid #ddd">{axis}{legend}{"".join(lines)}</svg>'
     )
     return f'<div class="lt-loss" data-points="{len(train)}">{svg}</div>'
