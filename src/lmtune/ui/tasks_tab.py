@@ -4,6 +4,7 @@ followed live, then the report they wrote shown in the page."""
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -63,6 +64,8 @@ def run_eval(
         return
     report = out / "ui.md"
     body = report.read_text(encoding="utf-8") if report.is_file() else code_block(job.tail(40))
+    # The report's images are files beside it; the page names them instead of showing broken links.
+    body = re.sub(r"!\[[^\]]*\]\(([^)]+)\)", lambda m: f"(plot: `{relative(out / m.group(1), root)}`)", body)
     yield f"**evaluate: done** · report: `{relative(report, root)}`\n\n{code_block(job.command, 'bash')}\n\n{body}"
 
 

@@ -84,7 +84,12 @@ class TrainManager:
         job.stop()
         ckpt = RunDir(self.run_dir).latest_checkpoint() if self.run_dir else None
         step = max((r.get("step", 0) for r in read_metrics(self.run_dir)), default=0) if self.run_dir else 0
-        if ckpt is not None:
+        if ckpt is not None and not (ckpt / "trainer_state.json").is_file():
+            self.note = (
+                f"Stopped after step {step}, while {relative(ckpt, self.root)} was being written: it is "
+                "incomplete, so Resume cannot continue from it. Remove that folder to resume from the one before."
+            )
+        elif ckpt is not None:
             self.note = (
                 f"Stopped after step {step}. Checkpoint kept: {relative(ckpt, self.root)}; Resume continues "
                 f"from it (`lmtune train {self.config_path} --resume`)."
