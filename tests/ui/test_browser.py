@@ -38,6 +38,7 @@ def tab(pg, name: str) -> None:
 
 
 def shot(pg, shots: Path, name: str) -> None:
+    pg.mouse.click(5, 5)  # close any open dropdown list
     pg.evaluate("window.scrollTo(0, 0)")
     pg.screenshot(path=str(shots / f"ui-{name}.png"))
 

@@ -5,16 +5,13 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from tests.ui.support import write_sums
 
 from lmtune.errors import ConfigError, LmtuneError
-
-sys.path.insert(0, str(Path(__file__).parent))
-from conftest import write_sums  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -292,3 +289,15 @@ def test_launch_defaults_are_local_and_private(monkeypatch, root):
     launch(root)
     assert seen["server_name"] == "127.0.0.1" and seen["server_port"] == 7860 and seen["share"] is False
     assert yaml.safe_dump(seen["footer_links"]) == "[]\n"
+
+
+def test_browser_tests_fail_without_chromium(monkeypatch):
+    """No chromium: the browser tests fail and say how to install it (they are never skipped)."""
+    import shutil as sh
+
+    from tests.ui.support import chromium_path
+
+    monkeypatch.delenv("LMTUNE_CHROMIUM", raising=False)
+    monkeypatch.setattr(sh, "which", lambda name: None)
+    with pytest.raises(pytest.fail.Exception, match=r"apt-get install -y chromium"):
+        chromium_path()
