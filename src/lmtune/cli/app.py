@@ -19,6 +19,7 @@ from lmtune.cli import (
     push_cmd,
     serve_cmd,
     train_cmd,
+    ui_cmd,
 )
 from lmtune.cli.errors import report, set_debug
 
@@ -42,6 +43,7 @@ app.command("serve")(serve_cmd.serve)
 app.command("merge")(merge_cmd.merge)
 app.command("export")(export_cmd.export)
 app.command("push")(push_cmd.push)
+app.command("ui")(ui_cmd.ui)
 
 
 @app.callback()
