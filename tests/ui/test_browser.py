@@ -159,6 +159,33 @@ def test_chat_streams_the_trained_run(page, workdir, shots, monkeypatch):
     shot(pg, shots, "chat")
 
 
+def test_chat_side_by_side_with_the_base_model(page, workdir, monkeypatch):
+    """The compare box streams the same message to the run's base model in a second column."""
+    from lmtune.infer.generate import GenerationOptions, generate_replies
+    from lmtune.run.load import load_target
+
+    pg = page
+    tab(pg, "Chat")
+    pg.locator("#lt-chat-compare input").check()
+    fill(pg, "lt-chat-message", "What is 2 plus 2?")
+    pg.click("#lt-chat-send")
+    pg.wait_for_function(
+        """() => document.querySelectorAll('#lt-chat-base .bot').length > 0
+            && (document.getElementById('lt-chat-status')?.innerText || '').includes('done')""",
+        timeout=300_000,
+    )
+    shown = pg.locator("#lt-chat-base .bot").last.inner_text()
+    assert "lmtune chat models/tiny" in pg.inner_text("#lt-chat-status")  # the base's own command
+    monkeypatch.chdir(workdir)
+    base = load_target("models/tiny", quiet=True)
+    (expected,) = generate_replies(
+        base.model, base.tokenizer, [[{"role": "user", "content": "What is 2 plus 2?"}]],
+        GenerationOptions(max_new_tokens=64),
+    )  # fmt: skip
+    assert " ".join(shown.split()) == " ".join(expected.split())
+    pg.locator("#lt-chat-compare input").uncheck()
+
+
 def test_evaluate_shows_report(page, workdir, shots):
     pg = page
     tab(pg, "Evaluate")

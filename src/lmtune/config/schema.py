@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from lmtune.config.distributed import DISTRIBUTED_STRATEGIES, DistributedSection  # noqa: F401 (re-export)
+from lmtune.config.preference import PREFERENCE_LOSSES, PreferenceSection  # noqa: F401 (re-exported)
 from lmtune.config.rl import RL_BUILTIN_REWARDS, RewardEntry, RLSection  # noqa: F401 (re-export)
 from lmtune.config.section import Section
 from lmtune.config.tasks import check_formats
@@ -464,36 +465,6 @@ class TrainSection(Section):
             value = [v for v in value if v != "none"]
             return list(dict.fromkeys(value))
         return value
-
-
-PREFERENCE_LOSSES = ("sigmoid", "ipo", "hinge", "orpo", "simpo", "cpo", "kto")
-
-
-class PreferenceSection(Section):
-    loss: Literal[PREFERENCE_LOSSES] = Field(  # type: ignore[valid-type]
-        "sigmoid",
-        description="Preference objective (TRL). sigmoid (DPO), ipo, hinge: pairwise against a reference "
-        "model (with LoRA: the base with the adapter switched off, no second copy); orpo, simpo, cpo: "
-        "reference-free; kto: single answers labelled good or bad.",
-    )
-    beta: float = Field(
-        0.1, gt=0, description="Strength of the preference term (DPO/IPO/hinge/KTO beta; ORPO lambda)."
-    )
-    label_smoothing: float = Field(
-        0.0, ge=0, lt=0.5, description="sigmoid: assumed probability that a pair's labels are flipped (cDPO)."
-    )
-    simpo_gamma: float = Field(0.5, ge=0, description="simpo: target reward margin gamma.")
-    sft_weight: float = Field(
-        0.0,
-        ge=0,
-        description="Weight of an SFT (negative log-likelihood) loss on the chosen answers mixed into the "
-        "preference loss (RPO for DPO losses, cpo_alpha for cpo/simpo). 0: none.",
-    )
-    desirable_weight: float = Field(1.0, gt=0, description="kto: weight of the good answers' loss.")
-    undesirable_weight: float = Field(1.0, gt=0, description="kto: weight of the bad answers' loss.")
-    max_prompt_length: int | None = Field(
-        None, ge=1, description="Prompts longer than this many tokens are cut from the left; null: no limit."
-    )
 
 
 class EvalSection(Section):

@@ -38,7 +38,7 @@ import numpy as np
 
 from lmtune.data.records import Conversation, Reject
 from lmtune.data.sources import SourceSpec
-from lmtune.datastore.stream import RejectSink, StreamStats, stream_conversations
+from lmtune.datastore.stream import RejectSink, StreamStats, per_dataset_rows, stream_conversations
 from lmtune.tokenize.masking import MaskingError, tokenize_conversations
 
 META = "meta.json"
@@ -351,19 +351,7 @@ def _finish(
         "records_read": sum(s.read for s in per),
         "rejected": sink.total,
         "rejected_by_reason": sink.by_reason(),
-        "per_dataset": [
-            {
-                "name": spec.label,
-                "path": s.path,
-                "format": s.format,
-                "read": s.read,
-                "usable": s.usable,
-                "rejected": s.read - s.usable,
-                "weight": spec.weight,
-                "used": n,
-            }
-            for spec, s, n in zip(specs, per, used)
-        ],
+        "per_dataset": per_dataset_rows(specs, per, used),
         "stats": length_stats(lengths, trained=trained, truncated=truncated, rejected=sink.total),
     }
 

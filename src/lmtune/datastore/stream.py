@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from lmtune.data.formats import SFT_FORMATS, detect_format, wrong_task_message
 from lmtune.data.load import (
@@ -72,6 +72,15 @@ class StreamStats:
     format: str = ""
     read: int = 0
     usable: int = 0
+
+
+def per_dataset_rows(specs: list[Any], per: list[StreamStats], used: list[int]) -> list[dict[str, Any]]:
+    """What a store says of each input file: read, usable, rejected, its weight and records used."""
+    return [
+        {"name": spec.label, "path": s.path, "format": s.format, "read": s.read, "usable": s.usable,
+         "rejected": s.read - s.usable, "weight": spec.weight, "used": n}
+        for spec, s, n in zip(specs, per, used)
+    ]  # fmt: skip
 
 
 def stream_conversations(

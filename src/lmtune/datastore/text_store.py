@@ -39,7 +39,7 @@ import numpy as np
 
 from lmtune.data.records import Reject
 from lmtune.data.sources import SourceSpec
-from lmtune.datastore.stream import RejectSink, StreamStats
+from lmtune.datastore.stream import RejectSink, StreamStats, per_dataset_rows
 from lmtune.errors import DataError
 
 TEXT_STORE_VERSION = 1
@@ -270,19 +270,7 @@ def _build(
                 "before": tokenizer.convert_ids_to_tokens(before),
                 "after": tokenizer.convert_ids_to_tokens(after),
             },
-            "per_dataset": [
-                {
-                    "name": spec.label,
-                    "path": s.path,
-                    "format": s.format,
-                    "read": s.read,
-                    "usable": s.usable,
-                    "rejected": s.read - s.usable,
-                    "weight": spec.weight,
-                    "used": n,
-                }
-                for spec, s, n in zip(specs, per, used)
-            ],
+            "per_dataset": per_dataset_rows(specs, per, used),
         }
         (tmp / META).write_text(json.dumps(meta, indent=1, ensure_ascii=False), encoding="utf-8")
         try:

@@ -21,8 +21,10 @@ from lmtune.train.session import RunResult, Session
 
 def run(cfg: RunConfig, *, resume: bool = False, console: Any = None) -> RunResult:
     from lmtune.train.pretrain_data import load_pretrain_data
+    from lmtune.train.sft_data import check_sources
 
     s = Session(cfg, resume=resume, console=console)
+    check_sources(cfg)  # a broken data file is said before the tokenizer and model load
     tokenizer = s.load_tokenizer()
     d = cfg.data
     # Streamed and tokenised into the memory-mapped token store (or mapped from it): the blocks are

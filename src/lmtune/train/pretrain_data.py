@@ -41,7 +41,7 @@ def load_pretrain_data(s: Any, tokenizer: Any) -> PretrainData:
     from lmtune.datastore.text_store import build_or_load_text
     from lmtune.datastore.views import split_indices
     from lmtune.tokenize.cache import default_cache_dir
-    from lmtune.train.sft_data import _formats, _scratch_dir
+    from lmtune.train.sft_data import _scratch_dir, store_info
 
     cfg, d = s.cfg, s.cfg.data
     cache_dir = default_cache_dir() if d.cache else _scratch_dir()
@@ -99,16 +99,7 @@ def load_pretrain_data(s: Any, tokenizer: Any) -> PretrainData:
         train_stats, val_stats = train.stats(), val.stats()
     if st.hit:
         s.console.print(f"Tokenised text reused from the cache: {st.path}")
-    info = {
-        "task": cfg.task,
-        "train_file": d.path if d.path else [row["path"] for row in per],
-        "format": _formats(per),
-        "records_read": st.meta["records_read"],
-    }
-    if len(per) > 1 or d.datasets:
-        info["datasets"] = per
-        info["mix"] = d.mix
-    return PretrainData(train, val, split, rejects, info, train_stats, val_stats, st)
+    return PretrainData(train, val, split, rejects, store_info(cfg, st), train_stats, val_stats, st)
 
 
 def _split_blocks(s: Any, st: Any, docs: np.ndarray, max_length: int) -> tuple[Any, Any, dict, dict]:

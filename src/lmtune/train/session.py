@@ -464,74 +464,9 @@ class Session:
         Samples are packed into rows when the speed plan says so (pretrain blocks are rows already).
         Returns {"trainer", "output", "seconds", "eval_loss": {"before", "after"}, "speed"}.
         """
-        import torch
+        from lmtune.train.lm_run import train_lm
 
-        from lmtune.tokenize.dataset import PadCollator
-        from lmtune.tokenize.packing import PackedCollator
-        from lmtune.train.lm_trainer import LMTrainer, SpeedCallback, lm_rows, lm_samples
-        from lmtune.train.lora_fast import restore_input_casts, speed_up_lora
-        from lmtune.train.optim import build_optimizer
-        from lmtune.train.plan import cast_frozen
-
-        plan = self.plan
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        pad = pad if pad is not None else 0
-        if plan.packing:
-            width = self.cfg.data.max_length
-            train_set, val_set = (lm_rows(x, width) for x in (train, val))
-            self.packing = train_set.stats()
-            per_step = self.cfg.train.batch_size * len(train) / max(1, len(train_set))
-            self.console.print(
-                f"Packed {len(train)} samples into {len(train_set)} rows of {width} tokens "
-                f"({100 * self.packing['fill']:.1f}% real tokens); train.batch_size counts rows, so a "
-                f"step now trains ~{per_step:.0f} samples"
-            )
-            collator: Any = PackedCollator(pad, pad_to=width if plan.compile is not False else None)
-        else:
-            train_set, val_set, collator = lm_samples(train), lm_samples(val), PadCollator(pad)
-        if plan.bf16_frozen:
-            cast_frozen(model, torch.bfloat16, source=torch.float32)
-        fast_dropout = self.cfg.train.fast_dropout and self.device == "cpu"
-        sped = speed_up_lora(model, autocast=self.bf16, fast_dropout=fast_dropout)
-        if any(sped.values()):
-            self.console.print(
-                f"LoRA: {sped['dropout']} dropouts draw 16-bit masks (train.fast_dropout), PEFT's float32 "
-                f"input cast off in {sped['input_cast']} layers (bf16 autocast casts back anyway)"
-            )
-        has_val = bool(val)
-        speed = SpeedCallback(compile_mode=plan.compile, device=self.device, console=self.console)
-        overrides: dict[str, Any] = {"prediction_loss_only": True, "use_liger_kernel": plan.liger}
-        if not plan.packing and self.cfg.data.group_by_length and self.cfg.data.shuffle:
-            overrides["train_sampling_strategy"] = "group_by_length"
-        trainer = self.quiet(
-            LMTrainer(
-                model=model,
-                args=self.training_args(has_val=has_val, **overrides),
-                train_dataset=train_set,
-                eval_dataset=val_set if has_val else None,
-                data_collator=collator,
-                processing_class=tokenizer,
-                callbacks=[*self.callbacks(), speed],
-                optimizers=(build_optimizer(model, self.cfg), None),
-                loss_chunk=0 if self.strategy.distributed else self.cfg.train.loss_chunk,
-            )
-        )
-        if trainer.chunked_loss_off_because and self.cfg.train.loss_chunk and not self.strategy.distributed:
-            self.console.print(f"Loss over full logits: {trainer.chunked_loss_off_because}")
-        before = trainer.evaluate()["eval_loss"] if has_val and not self.resume else None
-        output, seconds = self.train(trainer)
-        after = trainer.evaluate()["eval_loss"] if has_val else None
-        if plan.bf16_frozen:
-            cast_frozen(model, torch.float32, source=torch.bfloat16)
-        if sped["input_cast"]:
-            restore_input_casts(model)
-        return {
-            "trainer": trainer,
-            "output": output,
-            "seconds": seconds,
-            "eval_loss": {"before": before, "after": after},
-            "speed": speed.summary(),
-        }
+        return train_lm(self, model, tokenizer, train, val)
 
     # -- outputs ------------------------------------------------------------------------------
     def save(self, model: Any, tokenizer: Any, **marker_extra: Any) -> None:

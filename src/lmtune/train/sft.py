@@ -24,9 +24,10 @@ MASKING_REASONS = (
 
 def run(cfg: RunConfig, *, resume: bool = False, console: Any = None) -> RunResult:
     from lmtune.tokenize.templates import apply_template_choice
-    from lmtune.train.sft_data import load_sft_data
+    from lmtune.train.sft_data import check_sources, load_sft_data
 
     s = Session(cfg, resume=resume, console=console)
+    check_sources(cfg)  # a broken data file is said before the tokenizer and model load
     tokenizer = s.load_tokenizer()
     template = apply_template_choice(tokenizer, cfg.data.template)
     # Read, tokenised and masked into the memory-mapped store (or mapped from it): train_set and

@@ -17,6 +17,7 @@ import atexit
 import shutil
 import tempfile
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,37 @@ class SftData:
     rejects: list[Reject]  # reading rejects (train files, then the validation file), then masking ones
     info: dict[str, Any]  # data_stats.json, before the tokenised statistics are added
     store: Any  # the training TokenizedStore
+
+
+PREFLIGHT_RECORDS = 64
+
+
+def check_sources(cfg: Any) -> None:
+    """Before any tokenizer or model loads: every data file exists, reads and holds this task's data
+    (its first records read, detected, converted and validated as the store will). A broken or
+    wrong file is then the same one-line DataError the full read would raise, without first waiting
+    for the model; the store still reads everything, and a bad record further in is skipped as
+    before. sft and pretrain call it."""
+    from lmtune.data.sources import SourceSpec, training_specs
+    from lmtune.datastore.stream import RejectSink, StreamStats, stream_conversations
+    from lmtune.datastore.text_store import stream_documents
+
+    d = cfg.data
+    specs = training_specs(d, cfg.task)
+    if d.val_path:
+        specs.append(
+            SourceSpec(d.val_path, Path(d.val_path).name, d.format, dict(d.columns), dict(d.roles), d.system)
+        )
+    for spec in specs:
+        if cfg.task == "pretrain":
+            stats = StreamStats(str(spec.path))
+            records = stream_documents(
+                spec, on_error=d.on_error, text_split=d.text_split, sink=RejectSink(), stats=stats
+            )
+        else:
+            records = stream_conversations(spec, on_error=d.on_error, sink=RejectSink())
+        for _ in islice(records, PREFLIGHT_RECORDS):
+            pass
 
 
 def load_sft_data(s: Any, tokenizer: Any) -> SftData:
@@ -110,21 +142,23 @@ def load_sft_data(s: Any, tokenizer: Any) -> SftData:
             s.console.print(note, highlight=False)
     if st.hit:
         s.console.print(f"Tokenised samples reused from the cache: {st.path}")
+    return SftData(train, val, rejects, store_info(cfg, st), st)
+
+
+def store_info(cfg: Any, st: Any) -> dict[str, Any]:
+    """data_stats.json's description of the data a store was built from (SFT and pretraining)."""
+    d, per = cfg.data, st.meta["per_dataset"]
+    formats = list(dict.fromkeys(row["format"] for row in per))
     info = {
         "task": cfg.task,
         "train_file": d.path if d.path else [row["path"] for row in per],
-        "format": _formats(per),
+        "format": formats[0] if len(formats) == 1 else formats,
         "records_read": st.meta["records_read"],
     }
     if len(per) > 1 or d.datasets:
         info["datasets"] = per
         info["mix"] = d.mix
-    return SftData(train, val, rejects, info, st)
-
-
-def _formats(per: list[dict[str, Any]]) -> str | list[str]:
-    formats = list(dict.fromkeys(row["format"] for row in per))
-    return formats[0] if len(formats) == 1 else formats
+    return info
 
 
 def _raise_if_template_fails_everywhere(st: Any, masking: list[Reject]) -> None:
