@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 RUN = "runs/tiny"
-MAX_STEPS = 12
+MAX_STEPS = 60  # a tiny model trains ~10 steps/s on a quiet machine: room to click Stop mid-run
 SAVE_STEPS = 3
 
 
@@ -104,7 +104,12 @@ def test_train_stop_resume_finish(page, workdir, shots):
     deadline = time.time() + 300
     while time.time() < deadline and max((r["step"] for r in metrics(workdir)), default=0) <= SAVE_STEPS:
         time.sleep(0.2)
-    assert (workdir / RUN / "checkpoints" / f"checkpoint-{SAVE_STEPS}" / "trainer_state.json").is_file()
+    complete = [
+        c
+        for c in (workdir / RUN / "checkpoints").glob("checkpoint-*")
+        if (c / "lmtune_checkpoint.json").is_file()
+    ]
+    assert complete, "no complete checkpoint before Stop"  # older ones rotate away (save_total_limit)
     pg.click("#lt-train-stop")
     msg = wait_text(pg, "lt-train-message", "Stopped after step")
     assert "Checkpoint kept: runs/tiny/checkpoints/checkpoint-" in msg

@@ -210,7 +210,13 @@ def test_runs_list_and_metrics(root):
     from lmtune.ui.runs import list_runs, read_metrics, runs_markdown
 
     run = root / "runs" / "r1"
-    (run / "checkpoints" / "checkpoint-4").mkdir(parents=True)
+    from lmtune.train.checkpoints import commit_checkpoint
+
+    staged = run / "checkpoints" / ".incomplete" / "checkpoint-4"
+    staged.mkdir(parents=True)
+    (staged / "trainer_state.json").write_text("{}")
+    commit_checkpoint(staged, run / "checkpoints" / "checkpoint-4", step=4)  # complete, as training leaves it
+    (run / "checkpoints" / "checkpoint-6").mkdir()  # a save cut off: not resumable
     (run / "lmtune_run.json").write_text(json.dumps({"base_model": "models/tiny", "method": "lora"}))
     (run / "metrics.jsonl").write_text('{"step": 2, "loss": 2.5}\n{"step": 4, "loss": 2.0}\n{"step": 6, "lo')
     assert [r["step"] for r in read_metrics(run)] == [2, 4]  # the line being written is skipped
@@ -257,6 +263,12 @@ def test_chat_streams_the_same_reply_as_generate(root):
         GenerationOptions(max_new_tokens=24),
     )
     assert replies[-1] == expected
+    # A second turn, with the history as Gradio 6 hands it back (each content a list of text parts).
+    history = [{"role": m["role"], "content": [{"type": "text", "text": m["content"]}]} for m in states[-1]]
+    *_, last = stream_chat(target, history, "And 4 plus 4?", max_new_tokens=24)
+    convo = [*states[-1], {"role": "user", "content": "And 4 plus 4?"}]
+    (expected,) = generate_replies(m.model, m.tokenizer, [convo], GenerationOptions(max_new_tokens=24))
+    assert last[:-1] == convo and last[-1]["content"] == expected
     with pytest.raises(ConfigError, match="not a run directory"):
         from lmtune.ui.chat_tab import base_of
 

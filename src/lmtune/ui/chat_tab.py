@@ -68,7 +68,7 @@ def stream_chat(
     if not text:
         raise ConfigError("Type a message first.")
     convo = [
-        {"role": m["role"], "content": m["content"]}
+        {"role": m["role"], "content": _text(m["content"])}
         for m in history
         if m.get("role") in ("user", "assistant")
     ]
@@ -84,6 +84,16 @@ def stream_chat(
         yield list(shown)
     shown[-1] = {"role": "assistant", "content": reply}
     yield list(shown)
+
+
+def _text(content: Any) -> str:
+    """A Chatbot message's content as plain text: Gradio 6 hands earlier turns back as a list of
+    parts ([{"type": "text", "text": ...}]), not the string it was given."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, dict):
+        return str(content.get("text", ""))
+    return "".join(_text(part) for part in content or [])
 
 
 def chat_command(target: str, system: str | None, max_new_tokens: int, temperature: float) -> str:
