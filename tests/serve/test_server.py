@@ -218,12 +218,13 @@ def test_client_disconnect_mid_stream_frees_the_model(tiny_model_and_tokenizer):
     model, tokenizer = tiny_model_and_tokenizer
     slot = ModelSlot("tiny", model, tokenizer, max_batch=1, max_queue=0)
     forwards = [0]
-    gate = threading.Event()  # cleared: the scheduler's next forward waits (its row cannot finish)
-    gate.set()
+    hold_after = [10**9]  # forwards past this number wait for the gate: the streamed row cannot finish
+    gate = threading.Event()  # (a row racing ahead to the context limit would free the slot and the test)
 
     def count(*_):
         forwards[0] += 1
-        gate.wait(20)
+        if forwards[0] > hold_after[0]:
+            gate.wait(20)
 
     hook = model.register_forward_pre_hook(count)
     sock = bind("127.0.0.1", 0)
@@ -240,12 +241,12 @@ def test_client_disconnect_mid_stream_frees_the_model(tiny_model_and_tokenizer):
         body = {"model": "tiny", "prompt": "Once upon a time", "max_tokens": 2000, "stream": True}
         full = OpenAI(base_url=url, api_key="unused", max_retries=0)
         full.completions.create(model="tiny", prompt="Hi", max_tokens=1)  # the client's lazy imports done
+        hold_after[0] = forwards[0] + 2  # prefill and one decode step run; the next forward waits
         with httpx.Client(timeout=30) as http:
             with http.stream("POST", f"{url}/completions", json=body) as response:
                 assert response.status_code == 200
                 next(line for line in response.iter_lines() if line.startswith("data: "))
-                gate.clear()
-                assert slot.scheduler.active() == 1  # generating
+                assert slot.scheduler.active() == 1  # generating (held at its third forward)
                 try:
                     with pytest.raises(openai.RateLimitError) as busy:  # max_batch 1, max_queue 0
                         full.completions.create(model="tiny", prompt="Hi", max_tokens=2)
