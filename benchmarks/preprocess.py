@@ -25,6 +25,9 @@ Steps:
                file with one document per line (the records' responses), then one block cut from it
 
 "base" is a process that only imports and loads the tokenizer: the floor under every figure.
+"CPU s" is the CPU time (user + system) of the measured process and every worker it waited for
+(getrusage of the children): unlike wall seconds it hardly moves with other jobs on the machine,
+so it is the figure to read for how cost grows with the records on a shared machine.
 """
 
 from __future__ import annotations
@@ -89,8 +92,11 @@ def rollup(pid: int) -> tuple[int, int]:
 
 def measure(args: list[str]) -> dict:
     """Run CHILD with `args`; its result plus the peak PSS and anonymous PSS (MB) of it and its children."""
+    import resource
+
     import psutil
 
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.Popen(
         [sys.executable, "-c", CHILD, *args], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
     )
@@ -104,11 +110,14 @@ def measure(args: list[str]) -> dict:
         except (psutil.Error, OSError):
             pass
         time.sleep(0.1)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     out = proc.stdout.read() if proc.stdout else ""
     line = next((x for x in out.splitlines() if x.startswith("RESULT ")), None)
     if proc.returncode or line is None:
         raise RuntimeError(f"{args[0]} failed (exit {proc.returncode}): {out[-2000:]}")
-    return {**json.loads(line[7:]), "peak_mb": round(peak / 2**20), "anon_mb": round(peak_anon / 2**20)}
+    peaks = {"peak_mb": round(peak / 2**20), "anon_mb": round(peak_anon / 2**20), "cpu_s": round(cpu, 1)}
+    return {**json.loads(line[7:]), **peaks}
 
 
 def write_records(n: int, path: Path) -> None:
@@ -142,9 +151,12 @@ def main(argv: list[str] | None = None) -> int:
         load_tokenizer(resolve_model_ref("smollm2-135m-instruct")).save_pretrained(tok_dir)
     common = [str(tok_dir)]
     base = measure(["none", str(DATA), *common, str(work / "none"), str(a.max_length), "0"])
-    print(f"base (imports + tokenizer): peak {base['peak_mb']} MB, anon {base['anon_mb']} MB", flush=True)
-    print("| records | step | seconds | peak PSS (MB) | peak anon (MB) | usable | tokens |")
-    print("|---:|---|---:|---:|---:|---:|---:|")
+    print(
+        f"base (imports + tokenizer): peak {base['peak_mb']} MB, anon {base['anon_mb']} MB, CPU {base['cpu_s']} s",
+        flush=True,
+    )
+    print("| records | step | seconds | CPU s | peak PSS (MB) | peak anon (MB) | usable | tokens |")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|")
     for n in a.sizes:
         data = work / f"alpaca_{n}.jsonl"
         if not data.is_file():
@@ -156,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
             r = measure([step, str(data), *common, str(cache), str(a.max_length), str(a.num_proc)])
             extra = f" (num_proc {r['num_proc']}, {'hit' if r['hit'] else 'built'})" if "hit" in r else ""
             print(
-                f"| {n:,} | {step}{extra} | {r['seconds']} | {r['peak_mb']} | {r['anon_mb']} | {r['usable']:,} "
+                f"| {n:,} | {step}{extra} | {r['seconds']} | {r['cpu_s']} | {r['peak_mb']} | {r['anon_mb']} | {r['usable']:,} "
                 f"| {r['tokens']:,} |",
                 flush=True,
             )
@@ -172,7 +184,8 @@ def main(argv: list[str] | None = None) -> int:
         for step in ("text-cold", "text-warm"):
             r = measure([step, str(data), *common, str(cache), str(a.max_length), "1"])
             print(
-                f"| {n:,} lines | {step} ({'hit' if r['hit'] else 'built'}) | {r['seconds']} | {r['peak_mb']} "
+                f"| {n:,} lines | {step} ({'hit' if r['hit'] else 'built'}) | {r['seconds']} | {r['cpu_s']} "
+                f"| {r['peak_mb']} "
                 f"| {r['anon_mb']} | {r['usable']:,} | {r['tokens']:,} |",
                 flush=True,
             )
