@@ -73,7 +73,7 @@ def build_app(root: str | Path = ".", runs_dir: str = "runs") -> Any:
                     label="data file (inside the working directory)", elem_id="lt-data-file", scale=3,
                 )  # fmt: skip
                 d_upload = gr.File(
-                    label="or upload", type="filepath", elem_id="lt-data-upload", scale=1, height=90
+                    label="or upload", type="filepath", elem_id="lt-data-upload", scale=1, height=120
                 )
             with gr.Row():
                 d_model = gr.Textbox("smollm2-135m-instruct", label="model (tokenizer and chat template)",
