@@ -93,6 +93,7 @@ def page(server):
 def shots(tmp_path_factory) -> Path:
     """Where screenshots go: LMTUNE_UI_SCREENSHOTS (docs/images to refresh the docs), else a temp folder."""
     target = os.environ.get("LMTUNE_UI_SCREENSHOTS")
-    out = Path(target) if target else tmp_path_factory.mktemp("ui_shots")
+    # Resolved now: some tests chdir into the working directory before their screenshot.
+    out = Path(target).resolve() if target else tmp_path_factory.mktemp("ui_shots")
     out.mkdir(parents=True, exist_ok=True)
     return out

@@ -31,6 +31,17 @@ def choose(pg, elem: str, value: str) -> None:
     box.press("Enter")
     box.press("Escape")
     box.press("Tab")
+    close_list(box)
+
+
+def close_list(box) -> None:
+    """Gradio 6 leaves a dropdown's option list drawn after Enter/Tab; focusing the input and
+    blurring it (its own blur handler) closes it, keeping the value."""
+    box.focus()
+    box.evaluate("e => e.blur()")
+
+
+OPEN_LISTS = "() => [...document.querySelectorAll('.options')].filter(e => e.getBoundingClientRect().height > 0).length"
 
 
 def tab(pg, name: str) -> None:
@@ -38,8 +49,13 @@ def tab(pg, name: str) -> None:
 
 
 def shot(pg, shots: Path, name: str) -> None:
-    pg.mouse.click(5, 5)  # close any open dropdown list
+    """A screenshot of the page's top with no dropdown list open (a later update can reopen one)."""
+    boxes = pg.locator("input[role=combobox]")
+    for i in range(boxes.count()):
+        if boxes.nth(i).is_visible():
+            close_list(boxes.nth(i))
     pg.evaluate("window.scrollTo(0, 0)")
+    pg.wait_for_function(f"() => ({OPEN_LISTS})() === 0", timeout=10_000)
     pg.screenshot(path=str(shots / f"ui-{name}.png"))
 
 
@@ -77,6 +93,51 @@ def test_data_tab_shows_format_and_trained_tokens(page, workdir, shots):
     pg.click("#lt-data-inspect")
     text = wait_text(pg, "lt-data-summary", "outside the working directory")
     assert "Traceback" not in text
+
+
+def test_data_tab_upload_lands_inside_and_is_inspected(page, workdir, tmp_path):
+    """A file uploaded through the page's upload control is copied into WORKDIR/uploads/, picked,
+    and inspected from there (an alpaca file: another format than the one already inspected)."""
+    pg = page
+    upload = tmp_path / "mine.jsonl"  # outside the working directory, as a user's own file is
+    rows = [
+        {"instruction": f"Add {a} and 2.", "input": "", "output": f"{a} plus 2 is {a + 2}."} for a in (2, 3)
+    ]
+    upload.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    pg.set_input_files("#lt-data-upload input[type=file]", str(upload))
+    pg.wait_for_function("() => document.querySelector('#lt-data-file input').value === 'uploads/mine.jsonl'")
+    assert (workdir / "uploads" / "mine.jsonl").read_bytes() == upload.read_bytes()
+    assert sorted(p.name for p in (workdir / "uploads").iterdir()) == ["mine.jsonl"]
+    pg.click("#lt-data-inspect")
+    summary = wait_text(pg, "lt-data-summary", "uploads/mine.jsonl")
+    assert "Detected format: alpaca" in summary and "2 read, 2 usable, 0 rejected" in summary
+    assert "lmtune data inspect uploads/mine.jsonl --model models/tiny" in summary
+    pg.wait_for_function(
+        "() => document.querySelector('#lt-data-example')?.innerText.includes('Add 2 and 2.')"
+    )
+    trained = pg.locator("#lt-data-example .lt-trained").all_inner_texts()
+    context = "".join(pg.locator("#lt-data-example .lt-context").all_inner_texts())
+    assert trained == ["2 plus 2 is 4.<|im_end|>\n"]  # the answer is trained, the instruction is context
+    assert "Add 2 and 2." in context and "2 plus 2 is 4." not in context
+
+
+def test_data_tab_broken_file_shows_the_cli_sentence(page, workdir, monkeypatch):
+    """A file that is not JSON: the page shows the sentence `lmtune data inspect` prints, no traceback."""
+    from typer.testing import CliRunner
+
+    from lmtune.cli.app import app
+
+    pg = page
+    (workdir / "data" / "broken.json").write_text("hello, this is not json\n")
+    monkeypatch.chdir(workdir)
+    cli = CliRunner().invoke(app, ["data", "inspect", "data/broken.json", "--model", "models/tiny"])
+    expected = str(cli.exception)  # what the CLI prints after "error: "
+    assert expected.startswith("data/broken.json, line 1: invalid JSON")
+    choose(pg, "lt-data-file", "data/broken.json")
+    pg.click("#lt-data-inspect")
+    text = wait_text(pg, "lt-data-summary", "invalid JSON")
+    assert " ".join(text.split()) == " ".join(f"error: {expected}".split())
+    assert "Traceback" not in text and pg.inner_text("#lt-data-example") == ""
 
 
 def test_train_stop_resume_finish(page, workdir, shots):

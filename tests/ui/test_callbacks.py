@@ -185,6 +185,14 @@ def test_unexpected_errors_are_one_line_without_traceback():
         "**error:** unexpected KeyError: 'x' (details in the terminal running `lmtune ui`)"
     )
 
+    def missing():
+        raise FileNotFoundError(2, "No such file or directory", "data/gone.jsonl")
+
+    # A library error the input caused reads as the CLI prints it (lmtune.cli.errors), not "unexpected".
+    assert guarded(missing, lambda m: m)() == (
+        "**error:** data/gone.jsonl: not found. Fix: check the path and its permissions."
+    )
+
     def stream():
         yield "half"
         raise LmtuneError("the model folder has no config.json")

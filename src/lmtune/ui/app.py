@@ -73,7 +73,7 @@ def build_app(root: str | Path = ".", runs_dir: str = "runs") -> Any:
                     label="data file (inside the working directory)", elem_id="lt-data-file", scale=3,
                 )  # fmt: skip
                 d_upload = gr.File(
-                    label="or upload", type="filepath", elem_id="lt-data-upload", scale=1, height=90
+                    label="or upload", type="filepath", elem_id="lt-data-upload", scale=1, height=120
                 )
             with gr.Row():
                 d_model = gr.Textbox("smollm2-135m-instruct", label="model (tokenizer and chat template)",
@@ -251,12 +251,15 @@ def build_app(root: str | Path = ".", runs_dir: str = "runs") -> Any:
                 x_fmt = gr.Dropdown(
                     list(EXPORT_FORMATS), value="gguf", label="format", elem_id="lt-export-format"
                 )
-                x_quant = gr.Dropdown(list(GGUF_QUANTS), value="f16", label="gguf quant")
+                x_quant = gr.Dropdown(
+                    list(GGUF_QUANTS), value="f16", label="gguf quant", elem_id="lt-export-quant"
+                )
                 x_out = gr.Textbox(label="output (inside the working directory)", elem_id="lt-export-out")
             x_go = gr.Button("Export", variant="primary", elem_id="lt-export-run")
             x_report = gr.Markdown(elem_id="lt-export-report")
             for w in (x_target, x_fmt):
                 w.change(lambda t, f: default_export_path(t or "", f), [x_target, x_fmt], x_out)
+            x_fmt.change(lambda f: gr.update(visible=f == "gguf"), x_fmt, x_quant)  # only GGUF reads --quant
             x_go.click(
                 guarded_stream(lambda t, f, o, q: run_export(root, t, f, o, q), lambda m: m),
                 [x_target, x_fmt, x_out, x_quant], x_report,

@@ -13,8 +13,15 @@ log = logging.getLogger("lmtune.ui")
 
 
 def error_text(err: BaseException) -> str:
+    """The sentence `lmtune` prints for the same exception (lmtune.cli.errors.describe: a user mistake,
+    or a library error the input caused such as a missing file); anything else is one line here."""
+    from lmtune.cli.errors import USER_ERROR, describe
+
     if isinstance(err, LmtuneError):
         return f"**error:** {err}"
+    message, code = describe(err)
+    if code == USER_ERROR:
+        return f"**error:** {message}"
     log.exception("lmtune ui: unexpected error")
     return f"**error:** unexpected {type(err).__name__}: {err} (details in the terminal running `lmtune ui`)"
 

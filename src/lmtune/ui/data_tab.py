@@ -57,13 +57,16 @@ def inspect_data(
     from lmtune.tokenize.view import decoded_runs
 
     file = confined(path, root, what="data file")
+    rel = relative(file, root)
+    # Read it by the path the user sees (the server runs in `root`), so its messages and rejects name
+    # the file exactly as `lmtune data inspect` run there does.
+    read_as = Path(rel) if Path.cwd().resolve() == Path(root).resolve() else file
     max_length, example = int(max_length), int(example)
     tokenizer = tokenizer_for(model, template)
     result = inspect_file(
-        file, tokenizer, format=fmt, max_length=max_length, train_on=train_on, example=example
+        read_as, tokenizer, format=fmt, max_length=max_length, train_on=train_on, example=example
     )
     r = result.report
-    rel = relative(file, root)
     lines = [
         f"### {rel}",
         f"**Detected format: `{r['format']}`**",

@@ -84,6 +84,9 @@ def export_args(root: str | Path, target: str, fmt: str, out: str, quant: str) -
     return args, dest
 
 
+QUANTIZED = ("int8", "int4")
+
+
 def parity_report(fmt: str, dest: Path) -> tuple[str, dict | None]:
     """The verification file each export writes: (its path, its content)."""
     if fmt == "merge":
@@ -92,13 +95,36 @@ def parity_report(fmt: str, dest: Path) -> tuple[str, dict | None]:
         path = dest.with_suffix(".verify.json")
     elif fmt == "onnx":
         path = dest / "onnx_verify.json"
-    else:
-        path = next(iter(sorted(dest.glob("*.json"))), dest / "README.md") if dest.is_dir() else dest
-        if path.suffix == ".md":
-            return str(path), None
+    else:  # int8 / int4: export/quantize.py's measurement
+        path = dest / "quantization.json"
     if not path.is_file():
         return str(path), None
     return str(path), json.loads(path.read_text(encoding="utf-8"))
+
+
+def verdict(report: dict) -> str:
+    """passed / FAILED / not checked, from the report's own verdict: `passed` for merge, GGUF and ONNX,
+    the perplexity gate (`ppl_gate`) for the quantized folders."""
+    if "passed" in report:
+        return {True: "passed", False: "FAILED"}.get(report["passed"], "not checked")
+    gate = str(report.get("ppl_gate", ""))
+    if gate == "passed":
+        return "passed"
+    if gate in ("failed", "forced"):
+        return f"FAILED (perplexity gate {gate})"
+    return f"not checked ({gate})" if gate else "not checked"
+
+
+def report_markdown(fmt: str, report: dict, shown: str) -> str:
+    """The parity report as the page shows it: the verdict, then its figures as a table (the
+    quantized formats' measured table, original vs quantized, as in their README.md)."""
+    head = f"**Parity: {verdict(report)}** (`{shown}`)\n\n"
+    if fmt in QUANTIZED and isinstance(report.get("quantized"), dict):
+        from lmtune.export.quality import markdown_table
+
+        table = "\n".join(markdown_table(report, original="unquantized (float32)", quantized=fmt))
+        return head + table + "\n\n" + report_table(report, skip=("unquantized", "quantized"))
+    return head + report_table(report)
 
 
 def default_export_path(target: str, fmt: str) -> str:
@@ -120,14 +146,9 @@ def run_export(root: str | Path, target: str, fmt: str, out: str, quant: str = "
     path, report = parity_report(fmt, dest)
     root_p = Path(root).resolve()
     shown = relative(Path(path), root_p)
-    if report is None:
-        table = f"(no parity report found at `{shown}`)"
-        if Path(path).suffix == ".md" and Path(path).is_file():
-            table = Path(path).read_text(encoding="utf-8")
-    else:
-        verdict = report.get("passed")
-        table = f"**Parity: {'passed' if verdict else 'FAILED' if verdict is False else 'not checked'}** (`{shown}`)\n\n"
-        table += report_table(report)
+    table = (
+        f"(no parity report found at `{shown}`)" if report is None else report_markdown(fmt, report, shown)
+    )
     yield (
         f"**export ({fmt}): done** · wrote `{relative(dest, root_p)}`\n\n{code_block(job.command, 'bash')}\n\n"
         f"{code_block(job.tail(8))}\n\n### Parity report\n\n{table}"
