@@ -86,15 +86,8 @@ def open_conversations(
     """
     file = str(path)
     _check_options(format, on_error, limit)
-    head, raws = split_head(islice(iter_raw_records(path), limit))
-    if not head:
-        raise DataError("the file holds no records.", file=file, hint="check that it is the file you meant.")
-    fmt = format
-    if fmt == "auto":
-        samples = [r.data for r in head if r.data is not None]
-        if not samples:  # the head is then the whole file
-            _raise_nothing_valid(file, [r.error for r in head], len(head))
-        fmt = detect_format(samples, file=file, columns=columns)
+    samples, raws = read_head(path, limit, detect=format == "auto")
+    fmt = detect_format(samples, file=file, columns=columns) if format == "auto" else format
     if fmt not in SFT_FORMATS:  # preference / text: not SFT data
         message, hint = wrong_task_message(fmt)
         raise DataError(message, file=file, hint=hint)
@@ -109,6 +102,22 @@ def open_conversations(
 
 # every conversation and reject of open_conversations, in a LoadResult (task: sft's loader)
 load_conversations = whole_file(open_conversations)
+
+
+def read_head(
+    path: str | Path, limit: int | None, *, detect: bool
+) -> tuple[list[dict[str, Any]], Iterator[RawRecord]]:
+    """(samples, every record): the first readable records, which a format is detected on, and the
+    whole file again (`limit` records at most). An empty file is a DataError; so is, when the format
+    is to be `detect`ed, a file of which no record can be read."""
+    file = str(path)
+    head, raws = split_head(islice(iter_raw_records(path), limit))
+    if not head:
+        raise DataError("the file holds no records.", file=file, hint="check that it is the file you meant.")
+    samples = [r.data for r in head if r.data is not None]
+    if detect and not samples:  # the head is then the whole file
+        _raise_nothing_valid(file, [r.error for r in head], len(head))
+    return samples, raws
 
 
 def convert_raws(

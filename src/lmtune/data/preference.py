@@ -26,13 +26,11 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass
-from itertools import islice
 from pathlib import Path
 from typing import Any
 
 from lmtune.data.formats import _MISSING, SHAREGPT_ROLES, _content, _resolve, _tools
-from lmtune.data.load import Opened, _raise_nothing_valid, check_columns, convert_raws, whole_file
-from lmtune.data.readers import iter_raw_records, split_head
+from lmtune.data.load import Opened, check_columns, convert_raws, read_head, whole_file
 from lmtune.data.records import ROLES
 from lmtune.data.validate import RecordError
 from lmtune.errors import DataError
@@ -109,15 +107,10 @@ def open_preferences(
             hint=f"for task: preference use auto or one of {', '.join(PREFERENCE_FORMATS)}.",
         )
     _check_options("auto", on_error, limit)
-    head, raws = split_head(islice(iter_raw_records(path), limit))
-    if not head:
-        raise DataError("the file holds no records.", file=file, hint="check that it is the file you meant.")
+    samples, raws = read_head(path, limit, detect=format == "auto")
     cols = dict(columns or {})
     fmt = format
     if fmt == "auto":
-        samples = [r.data for r in head if r.data is not None]
-        if not samples:  # the head is then the whole file
-            _raise_nothing_valid(file, [r.error for r in head], len(head))
         fmt = detect_preference_format(samples, file=file, columns=cols)
         if (
             fmt == "preference"
