@@ -26,13 +26,14 @@ from lmtune.data.formats import (
     to_conversation,
     wrong_task_message,
 )
-from lmtune.data.readers import RawRecord, iter_raw_records, split_head
+from lmtune.data.readers import RawRecord, iter_raw_records
 from lmtune.data.records import Conversation, LoadResult, Message, Reject
 from lmtune.data.validate import RecordError, validate_conversation
 from lmtune.errors import DataError
 
 P = ParamSpec("P")
 ON_ERROR = ("skip", "fail")
+DETECT_SAMPLE = 20  # readable records a format (or the text field) is detected on
 KEEP_REJECTS = 20  # rejects a streamed read holds for its messages and reports; the rest are counted
 # What `roles:` may map: our roles plus ShareGPT's function_call turn (an assistant tool call).
 SHAREGPT_ROLE_KEYS = ("user", "assistant", "system", "tool", "function_call")
@@ -102,6 +103,28 @@ def open_conversations(
 
 # every conversation and reject of open_conversations, in a LoadResult (task: sft's loader)
 load_conversations = whole_file(open_conversations)
+
+
+def split_head(
+    raws: Iterator[RawRecord], readable: int = DETECT_SAMPLE
+) -> tuple[list[RawRecord], Iterator[RawRecord]]:
+    """(head, every record): the records up to the `readable`-th parsed one, for detection, and an
+    iterator over the whole file again, head first, so a file is read once and only its head is
+    held (each head record is let go as the iterator hands it over)."""
+    head: list[RawRecord] = []
+    parsed = 0
+    for raw in raws:
+        head.append(raw)
+        parsed += raw.data is not None
+        if parsed >= readable:
+            break
+
+    def again() -> Iterator[RawRecord]:
+        while head:
+            yield head.pop(0)
+        yield from raws
+
+    return head, again()
 
 
 def read_head(

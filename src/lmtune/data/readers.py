@@ -23,7 +23,6 @@ from lmtune.errors import DataError
 
 SUPPORTED = (".json", ".jsonl", ".ndjson", ".csv", ".tsv", ".parquet", ".txt")
 TEXT_SPLITS = ("file", "line", "paragraph")
-DETECT_SAMPLE = 20  # readable records a format (or the text field) is detected on
 # A JSON object with one of these keys is one record, not a wrapper around a list of records.
 _RECORD_KEYS = frozenset(
     {"messages", "conversations", "chosen", "rejected", "preferred_output", "non_preferred_output",
@@ -84,28 +83,6 @@ def iter_raw_records(
     if suffix in (".jsonl", ".ndjson"):
         return _read_jsonl_or_array(text, str(path))
     return _read_txt(text, str(path), text_split)
-
-
-def split_head(
-    raws: Iterator[RawRecord], readable: int = DETECT_SAMPLE
-) -> tuple[list[RawRecord], Iterator[RawRecord]]:
-    """(head, every record): the records up to the `readable`-th parsed one, for detection, and an
-    iterator over the whole file again, head first, so a file is read once and only its head is
-    held (each head record is let go as the iterator hands it over)."""
-    head: list[RawRecord] = []
-    parsed = 0
-    for raw in raws:
-        head.append(raw)
-        parsed += raw.data is not None
-        if parsed >= readable:
-            break
-
-    def again() -> Iterator[RawRecord]:
-        while head:
-            yield head.pop(0)
-        yield from raws
-
-    return head, again()
 
 
 def _first_char(p: Path, file: str) -> str:

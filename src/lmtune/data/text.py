@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from lmtune.data.formats import _MISSING, SFT_FORMATS, _resolve, detect_format
-from lmtune.data.load import Opened, convert_raws, whole_file
-from lmtune.data.readers import RawRecord, iter_raw_records, positional_columns, split_head
+from lmtune.data.load import Opened, convert_raws, split_head, whole_file
+from lmtune.data.readers import RawRecord, iter_raw_records, positional_columns
 from lmtune.data.validate import RecordError
 from lmtune.errors import DataError
 
