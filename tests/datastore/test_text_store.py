@@ -105,3 +105,22 @@ def test_mixed_files_follow_the_mix(text_file, smollm2_tokenizer, tmp_path):
     ref = build_blocks(sources.records, tok, max_length=L)
     assert as_lists(TokenBlocks(st, st.order, L)) == expected(ref)
     assert [row["used"] for row in st.meta["per_dataset"]] == [row["used"] for row in sources.per_dataset]
+
+
+def test_headerless_csv_by_position_keeps_its_first_row(smollm2_tokenizer, tmp_path):
+    """columns: {text: "1"} names a column by position: the file has no header row, so its first row
+    is a document too (the store once read it as a header and took the id column as the text)."""
+    bare = tmp_path / "bare.csv"
+    bare.write_text("1,The first row is text.\n2,So is the second.\n3,And the third.\n", encoding="utf-8")
+    tok = copy.deepcopy(smollm2_tokenizer)
+    spec = SourceSpec(str(bare), bare.name, columns={"text": "1"})
+    st = build_or_load_text([spec], tok, cache_dir=tmp_path)
+    texts = ["The first row is text.", "So is the second.", "And the third."]
+    assert [d.text for d in load_texts(bare, columns={"text": "1"}).records] == texts
+    assert st.meta["documents"] == 3 and st.meta["read_rejected"] == 0
+    ids = [
+        tok(t, add_special_tokens=False)["input_ids"] + [tok.convert_tokens_to_ids("<|im_end|>")]
+        for t in texts
+    ]
+    assert st.doc_len.tolist() == [len(i) for i in ids]
+    assert st.tokens.tolist() == [t for i in ids for t in i]

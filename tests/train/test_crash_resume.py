@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 from safetensors.torch import load_file
+from tests.train.support import write_sum_pairs
 
 from lmtune.config.loader import validate_config
 from lmtune.run.layout import CHECKPOINT_MARKER, RunDir, checkpoint_problem, checkpoint_step
@@ -63,17 +64,7 @@ def dpo_config(model_dir: Path, data: Path, out: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def pairs_file(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("pairs") / "pairs.jsonl"
-    rows = [
-        {
-            "prompt": f"What is {a} plus {a + 2}?",
-            "chosen": f"It is {2 * a + 2}.",
-            "rejected": f"It is {2 * a + 7}.",
-        }
-        for a in range(1, 13)
-    ]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
+    return write_sum_pairs(tmp_path_factory.mktemp("pairs") / "pairs.jsonl", 12)
 
 
 @pytest.fixture(scope="module")

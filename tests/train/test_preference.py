@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from rich.console import Console
+from tests.train.support import write_sum_pairs
 
 from lmtune.config.loader import validate_config
 from lmtune.data.preference import KtoExample, PreferencePair
@@ -28,17 +29,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 @pytest.fixture(scope="module")
 def pairs_file(tmp_path_factory):
     """8 short pairs: the right sum is chosen, a wrong one rejected."""
-    path = tmp_path_factory.mktemp("pairs") / "pairs.jsonl"
-    rows = [
-        {
-            "prompt": f"What is {a} plus {a + 2}?",
-            "chosen": f"It is {2 * a + 2}.",
-            "rejected": f"It is {2 * a + 7}.",
-        }
-        for a in range(1, 9)
-    ]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
+    return write_sum_pairs(tmp_path_factory.mktemp("pairs") / "pairs.jsonl", 8)
 
 
 def config(

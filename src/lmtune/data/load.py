@@ -10,12 +10,13 @@ altogether (preference pairs, raw text) fails once, up front, instead of rejecti
 from __future__ import annotations
 
 import difflib
+import functools
 import json
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple, ParamSpec
 
 from lmtune.data.formats import (
     FIELDS,
@@ -25,17 +26,47 @@ from lmtune.data.formats import (
     to_conversation,
     wrong_task_message,
 )
-from lmtune.data.readers import iter_raw_records
+from lmtune.data.readers import RawRecord, iter_raw_records
 from lmtune.data.records import Conversation, LoadResult, Message, Reject
 from lmtune.data.validate import RecordError, validate_conversation
 from lmtune.errors import DataError
 
+P = ParamSpec("P")
 ON_ERROR = ("skip", "fail")
+DETECT_SAMPLE = 20  # readable records a format (or the text field) is detected on
+KEEP_REJECTS = 20  # rejects a streamed read holds for its messages and reports; the rest are counted
 # What `roles:` may map: our roles plus ShareGPT's function_call turn (an assistant tool call).
 SHAREGPT_ROLE_KEYS = ("user", "assistant", "system", "tool", "function_call")
 
 
-def load_conversations(
+class Opened(NamedTuple):
+    """A data file opened by its task's reader: the format, and each record (or the Reject saying why
+    it is none) as it is read, so the whole-file loaders and the streaming store share every step."""
+
+    path: str
+    format: str
+    items: Iterator[Any]
+
+
+def whole_file(open_file: Callable[P, Opened]) -> Callable[P, LoadResult]:
+    """The whole-file loader of a task (lmtune.data.sources' contract, returning a LoadResult of
+    records and rejects) from its opener, which takes the same parameters."""
+
+    @functools.wraps(open_file)
+    def load(*args: P.args, **kwargs: P.kwargs) -> LoadResult:
+        opened = open_file(*args, **kwargs)
+        result = LoadResult(path=opened.path, format=opened.format)
+        for item in opened.items:
+            (result.rejects if isinstance(item, Reject) else result.records).append(item)
+        result.total = len(result.records) + len(result.rejects)
+        return result
+
+    load.__name__ = load.__qualname__ = open_file.__name__.replace("open_", "load_", 1)
+    load.__doc__ = f"Every record and reject of `{open_file.__name__}`, read whole into a LoadResult."
+    return load
+
+
+def open_conversations(
     path: str | Path,
     *,
     format: str = "auto",
@@ -46,63 +77,110 @@ def load_conversations(
     roles: dict[str, str] | None = None,
     text_split: str = "document",  # noqa: ARG001 - the shared loader contract (lmtune.data.sources)
     open_end: bool = False,
-) -> LoadResult:
-    """Read `path` into canonical conversations; `limit` caps the records read from the file.
+) -> Opened:
+    """Open `path` as canonical conversations; `limit` caps the records read from the file.
 
     `roles` maps ShareGPT roles to the speaker names a file uses ({user: human, ...}).
     `open_end` also accepts records that end with a user turn (evaluation prompts without an answer).
+    The format is detected on the first readable records; only those are held, so the SFT store
+    (lmtune.datastore.stream) streams a file through in flat memory.
     """
     file = str(path)
     _check_options(format, on_error, limit)
-    raws = list(islice(iter_raw_records(path), limit))
-    if not raws:
-        raise DataError("the file holds no records.", file=file, hint="check that it is the file you meant.")
-    fmt = format
-    if fmt == "auto":
-        samples = [r.data for r in raws if r.data is not None][:20]
-        if not samples:
-            _raise_nothing_valid(file, [r.error for r in raws if r.error], len(raws))
-        fmt = detect_format(samples, file=file, columns=columns)
+    samples, raws = read_head(path, limit, detect=format == "auto")
+    fmt = detect_format(samples, file=file, columns=columns) if format == "auto" else format
     if fmt not in SFT_FORMATS:  # preference / text: not SFT data
         message, hint = wrong_task_message(fmt)
         raise DataError(message, file=file, hint=hint)
     check_columns(fmt, columns, file=file)
     _check_roles(fmt, roles, file=file)
 
-    result = LoadResult(path=file, format=fmt, total=len(raws))
-    collect_records(
-        result, raws, lambda data: _convert(data, fmt, columns, system, roles, open_end), on_error=on_error
-    )
-    if not result.records:
-        _raise_nothing_valid(file, result.rejects, result.total)
-    return result
+    def convert(data: Any) -> Conversation:
+        return _convert(data, fmt, columns, system, roles, open_end)
+
+    return Opened(file, fmt, convert_raws(raws, convert, file=file, on_error=on_error))
 
 
-def collect_records(
-    result: LoadResult, raws: Iterable[Any], convert: Callable[[Any], Any], *, on_error: str
-) -> LoadResult:
-    """Convert every raw record into `result`: the one loop the task loaders share.
+# every conversation and reject of open_conversations, in a LoadResult (task: sft's loader)
+load_conversations = whole_file(open_conversations)
+
+
+def split_head(
+    raws: Iterator[RawRecord], readable: int = DETECT_SAMPLE
+) -> tuple[list[RawRecord], Iterator[RawRecord]]:
+    """(head, every record): the records up to the `readable`-th parsed one, for detection, and an
+    iterator over the whole file again, head first, so a file is read once and only its head is
+    held (each head record is let go as the iterator hands it over)."""
+    head: list[RawRecord] = []
+    parsed = 0
+    for raw in raws:
+        head.append(raw)
+        parsed += raw.data is not None
+        if parsed >= readable:
+            break
+
+    def again() -> Iterator[RawRecord]:
+        while head:
+            yield head.pop(0)
+        yield from raws
+
+    return head, again()
+
+
+def read_head(
+    path: str | Path, limit: int | None, *, detect: bool
+) -> tuple[list[dict[str, Any]], Iterator[RawRecord]]:
+    """(samples, every record): the first readable records, which a format is detected on, and the
+    whole file again (`limit` records at most). An empty file is a DataError; so is, when the format
+    is to be `detect`ed, a file of which no record can be read."""
+    file = str(path)
+    head, raws = split_head(islice(iter_raw_records(path), limit))
+    if not head:
+        raise DataError("the file holds no records.", file=file, hint="check that it is the file you meant.")
+    samples = [r.data for r in head if r.data is not None]
+    if detect and not samples:  # the head is then the whole file
+        _raise_nothing_valid(file, [r.error for r in head], len(head))
+    return samples, raws
+
+
+def convert_raws(
+    raws: Iterable[RawRecord], convert: Callable[[Any], Any], *, file: str, on_error: str
+) -> Iterator[Any]:
+    """Each raw record converted, or the Reject saying why not, in file order: the one loop every
+    task's reader shares, whole-file or streaming.
 
     `convert(data)` returns a record (which gets its `source`, "file.jsonl#12") or raises
     RecordError, which becomes a Reject with the file, record, line and raw data, or, with
     on_error="fail", a DataError naming all of them. Unreadable records (raw.error) are rejects too.
+    When no record at all is usable, a DataError names the commonest reasons and the first reject;
+    only KEEP_REJECTS rejects are held for it, so a streamed file stays flat in memory.
     """
-    name = Path(result.path).name
+    name = Path(file).name
+    first: list[Reject] = []
+    counts: dict[str, int] = {}
+    read = usable = 0
     for raw in raws:
+        read += 1
         reject = raw.error
         if raw.data is not None:
             try:
                 record = convert(raw.data)
             except RecordError as e:
-                reject = Reject(result.path, raw.index, raw.line, e.field, e.reason, str(e), raw.data)
+                reject = Reject(file, raw.index, raw.line, e.field, e.reason, str(e), raw.data)
             else:
                 record.source = f"{name}#{raw.index}"
-                result.records.append(record)
+                usable += 1
+                yield record
                 continue
+        assert reject is not None  # a reader sets `error` on every record it could not parse
         if on_error == "fail":
             raise _reject_error(reject)
-        result.rejects.append(reject)
-    return result
+        counts[reject.reason] = counts.get(reject.reason, 0) + 1
+        if len(first) < KEEP_REJECTS:
+            first.append(reject)
+        yield reject
+    if read and not usable:
+        _raise_nothing_valid(file, first, read, counts)
 
 
 def _convert(
@@ -191,11 +269,15 @@ def _reject_error(r: Reject) -> DataError:
     return DataError(message, file=r.file, record=r.record, line=r.line, field=r.field, hint=hint or None)
 
 
-def _raise_nothing_valid(file: str, rejects: list[Reject | None], total: int) -> None:
+def _raise_nothing_valid(
+    file: str, rejects: list[Reject | None], total: int, counts: dict[str, int] | None = None
+) -> None:
+    """`counts` (reason -> rejects) where `rejects` holds only the first ones (a streamed file)."""
     rejects_ = [r for r in rejects if r is not None]
-    counts: dict[str, int] = {}
-    for r in rejects_:
-        counts[r.reason] = counts.get(r.reason, 0) + 1
+    if counts is None:
+        counts = {}
+        for r in rejects_:
+            counts[r.reason] = counts.get(r.reason, 0) + 1
     top = ", ".join(f"{n} {reason}" for reason, n in sorted(counts.items(), key=lambda kv: -kv[1])[:3])
     detail = ""
     if rejects_:

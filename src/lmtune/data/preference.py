@@ -26,14 +26,12 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass
-from itertools import islice
 from pathlib import Path
 from typing import Any
 
 from lmtune.data.formats import _MISSING, SHAREGPT_ROLES, _content, _resolve, _tools
-from lmtune.data.load import _raise_nothing_valid, check_columns, collect_records
-from lmtune.data.readers import iter_raw_records
-from lmtune.data.records import ROLES, LoadResult
+from lmtune.data.load import Opened, check_columns, convert_raws, read_head, whole_file
+from lmtune.data.records import ROLES
 from lmtune.data.validate import RecordError
 from lmtune.errors import DataError
 
@@ -81,7 +79,7 @@ class KtoExample:
     source: str = ""
 
 
-def load_preferences(
+def open_preferences(
     path: str | Path,
     *,
     format: str = "auto",
@@ -91,10 +89,11 @@ def load_preferences(
     system: str | None = None,
     limit: int | None = None,
     text_split: str = "document",  # noqa: ARG001 - the shared loader contract (lmtune.data.sources)
-) -> LoadResult:
-    """Read `path` into `PreferencePair`s or `KtoExample`s (one kind per file); see the module doc.
+) -> Opened:
+    """Open `path` as `PreferencePair`s or `KtoExample`s (one kind per file); see the module doc.
 
     `roles` maps canonical roles to the speaker names a ShareGPT-style file uses ({user: human}).
+    Only the first readable records (detection) are held, so `lmtune data inspect` streams a file.
     """
     from lmtune.data.load import _check_options
 
@@ -108,15 +107,10 @@ def load_preferences(
             hint=f"for task: preference use auto or one of {', '.join(PREFERENCE_FORMATS)}.",
         )
     _check_options("auto", on_error, limit)
-    raws = list(islice(iter_raw_records(path), limit))
-    if not raws:
-        raise DataError("the file holds no records.", file=file, hint="check that it is the file you meant.")
+    samples, raws = read_head(path, limit, detect=format == "auto")
     cols = dict(columns or {})
     fmt = format
     if fmt == "auto":
-        samples = [r.data for r in raws if r.data is not None][:20]
-        if not samples:
-            _raise_nothing_valid(file, [r.error for r in raws if r.error], len(raws))
         fmt = detect_preference_format(samples, file=file, columns=cols)
         if (
             fmt == "preference"
@@ -127,13 +121,14 @@ def load_preferences(
     check_columns(fmt, cols, file=file, fields=FIELDS)
     speaker = _speaker_map(roles, file)
 
-    result = LoadResult(path=file, format=fmt, total=len(raws))
-    collect_records(
-        result, raws, lambda data: convert_record(data, fmt, cols, speaker, system), on_error=on_error
-    )
-    if not result.records:
-        _raise_nothing_valid(file, result.rejects, result.total)
-    return result
+    def convert(data: Any) -> PreferencePair | KtoExample:
+        return convert_record(data, fmt, cols, speaker, system)
+
+    return Opened(file, fmt, convert_raws(raws, convert, file=file, on_error=on_error))
+
+
+# every record and reject of open_preferences, in a LoadResult (task: preference's loader)
+load_preferences = whole_file(open_preferences)
 
 
 # ---------------------------------------------------------------- detection

@@ -14,9 +14,12 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lmtune.data.records import LoadResult, Reject
+
+if TYPE_CHECKING:
+    from lmtune.data.load import Opened
 
 # task -> "module:function" of its file loader (imported lazily: each pulls its own dependencies).
 LOADERS = {
@@ -24,6 +27,13 @@ LOADERS = {
     "pretrain": "lmtune.data.text:load_texts",
     "classification": "lmtune.data.classification:load_examples",
     "preference": "lmtune.data.preference:load_preferences",
+}
+# task -> "module:function" of its opener (the same contract, returning lmtune.data.load.Opened), for
+# the tasks whose files are streamed into a store or inspected
+OPENERS = {
+    "sft": "lmtune.data.load:open_conversations",
+    "pretrain": "lmtune.data.text:open_texts",
+    "preference": "lmtune.data.preference:open_preferences",
 }
 
 
@@ -57,9 +67,18 @@ class Sources:
 
 def load_file(spec: SourceSpec, task: str, *, on_error: str, text_split: str = "document") -> LoadResult:
     """Read one file with the task's loader."""
-    module, _, func = LOADERS[task].partition(":")
-    loader = getattr(importlib.import_module(module), func)
-    return loader(
+    return _read(LOADERS[task], spec, on_error, text_split)
+
+
+def open_file(spec: SourceSpec, task: str, *, on_error: str, text_split: str = "document") -> Opened:
+    """Open one file with the task's opener: its records and rejects one at a time, as they are read."""
+    return _read(OPENERS[task], spec, on_error, text_split)
+
+
+def _read(where: str, spec: SourceSpec, on_error: str, text_split: str) -> Any:
+    module, _, func = where.partition(":")
+    reader = getattr(importlib.import_module(module), func)
+    return reader(
         spec.path,
         format=spec.format,
         columns=spec.columns or None,

@@ -22,9 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from lmtune.data.formats import _MISSING, SFT_FORMATS, _resolve, detect_format
-from lmtune.data.load import _raise_nothing_valid, collect_records
-from lmtune.data.readers import iter_raw_records, positional_columns
-from lmtune.data.records import LoadResult
+from lmtune.data.load import Opened, convert_raws, split_head, whole_file
+from lmtune.data.readers import RawRecord, iter_raw_records, positional_columns
 from lmtune.data.validate import RecordError
 from lmtune.errors import DataError
 
@@ -43,7 +42,7 @@ class TextDocument:
         return {"text": self.text}
 
 
-def load_texts(
+def open_texts(
     path: str | Path,
     *,
     format: str = "auto",
@@ -53,8 +52,14 @@ def load_texts(
     system: str | None = None,  # noqa: ARG001 - no system prompt in raw text
     limit: int | None = None,
     text_split: str = "document",
-) -> LoadResult:
-    """Read `path` into text documents; `limit` caps the records (lines, in line mode) read."""
+) -> Opened:
+    """Open `path` as text documents; `limit` caps the records (lines, in line mode) read.
+
+    Each record comes as a TextDocument or the Reject saying why it is none: the checks, reject
+    reasons and errors that load_texts, the pretraining token store (lmtune.datastore.text_store)
+    and `lmtune data inspect` share. Only the first records are held (to tell conversations from raw
+    text), so a corpus larger than RAM streams through.
+    """
     file = str(path)
     _check_options(format, on_error, limit, text_split)
     field = _text_field(columns, file)
@@ -63,25 +68,29 @@ def load_texts(
         raise DataError(
             "`columns:` does not apply to a .txt file: its whole text (or each line) is the document.",
             file=file,
-            hint="remove `columns:` for this file.",
+            hint="remove `columns:` (--column) for this file.",
         )
     # a CSV/TSV file mapped by position (columns: {text: "1"}) has no header row
     header = not positional_columns(path, columns)
-    raws = list(islice(iter_raw_records(path, text_split=TEXT_SPLITS[text_split], header=header), limit))
-    if not raws:
+    raws = iter_raw_records(path, text_split=TEXT_SPLITS[text_split], header=header)
+    head, every = split_head(islice(raws, limit))
+    if not head:
         raise DataError(
             "the file holds no text." if is_txt else "the file holds no records.",
             file=file,
             hint="check that it is the file you meant.",
         )
     if not is_txt:
-        _check_is_text(raws, field, file)
+        _check_is_text(head, field, file)
 
-    result = LoadResult(path=file, format="text", total=len(raws))
-    collect_records(result, raws, lambda data: _document(data, field, columns), on_error=on_error)
-    if not result.records:
-        _raise_nothing_valid(file, list(result.rejects), result.total)
-    return result
+    def convert(data: Any) -> TextDocument:
+        return _document(data, field, columns)
+
+    return Opened(file, "text", convert_raws(every, convert, file=file, on_error=on_error))
+
+
+# every document and reject of open_texts, in a LoadResult (task: pretrain's loader)
+load_texts = whole_file(open_texts)
 
 
 def _check_options(format: str, on_error: str, limit: int | None, text_split: str) -> None:
@@ -119,7 +128,7 @@ def _text_field(columns: dict[str, str] | None, file: str) -> str:
     return field
 
 
-def _check_is_text(raws: list[Any], field: str, file: str) -> None:
+def _check_is_text(raws: list[RawRecord], field: str, file: str) -> None:
     """Fail once when no record of the first 20 has the text field, naming what the file looks like."""
     samples = [r.data for r in raws if r.data is not None][:20]
     if not samples or any(_resolve(s, field) is not _MISSING for s in samples):

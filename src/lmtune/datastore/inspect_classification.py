@@ -11,6 +11,7 @@ are kept.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from lmtune.data.classification import (
 from lmtune.data.readers import iter_raw_records, positional_columns
 from lmtune.data.records import Reject
 from lmtune.datastore.inspect import InspectResult, LengthSketch
-from lmtune.datastore.inspect_tasks import common_report
+from lmtune.datastore.inspect_tasks import chunks, task_report
 from lmtune.datastore.stream import RejectSink
 from lmtune.errors import DataError
 from lmtune.tokenize.classification import tokenize_examples
@@ -68,10 +69,9 @@ def inspect_classification(
     kept: list[tuple[LabeledText, dict[str, Any]]] = []
     pick: tuple[int, LabeledText, dict[str, Any]] | None = None
     name = Path(file).name
-    chunk: list[LabeledText] = []
 
-    def flush() -> None:
-        nonlocal chunk, pick
+    def flush(chunk: list[LabeledText]) -> None:
+        nonlocal pick
         encoded = tokenize_examples(chunk, tokenizer, max_length=max_length, label2id=None)
         totals["truncated"] += encoded.truncated
         for record, sample in zip(chunk, encoded.samples, strict=True):
@@ -82,57 +82,42 @@ def inspect_classification(
                 kept.append((record, sample))
             if pick is None or totals["usable"] <= max(example, 1):
                 pick = (totals["usable"], record, sample)
-        chunk = []
 
-    for raw in raws:
-        totals["read"] += 1
-        if raw.data is None:
-            sink.add(raw.error)
-            continue
-        out = _convert(raw, mapping, file, True)
-        if isinstance(out, Reject):
-            sink.add(out)
-            continue
-        out.source = f"{name}#{raw.index}"
-        if labels and out.label not in allowed:
-            sink.add(
-                Reject(
-                    file, raw.index, raw.line, "label", "unknown_label",
-                    f"label '{out.label}' is not one of the run's labels ({', '.join(labels)}). "
-                    "Fix: correct the label, or add it to data.labels (--labels).",
-                    raw.data,
-                )
-            )  # fmt: skip
-            continue
-        counts[out.label or ""] += 1
-        chunk.append(out)
-        if len(chunk) == CHUNK:
-            flush()
-    if chunk:
-        flush()
-    if not totals["usable"]:
-        from lmtune.data.load import _raise_nothing_valid
+    def usable() -> Iterator[LabeledText]:
+        for raw in raws:
+            totals["read"] += 1
+            if raw.data is None:
+                sink.add(raw.error)
+                continue
+            out = _convert(raw, mapping, file, True)
+            if isinstance(out, Reject):
+                sink.add(out)
+                continue
+            out.source = f"{name}#{raw.index}"
+            if labels and out.label not in allowed:
+                sink.add(
+                    Reject(
+                        file, raw.index, raw.line, "label", "unknown_label",
+                        f"label '{out.label}' is not one of the run's labels ({', '.join(labels)}). "
+                        "Fix: correct the label, or add it to data.labels (--labels).",
+                        raw.data,
+                    )
+                )  # fmt: skip
+                continue
+            counts[out.label or ""] += 1
+            yield out
 
-        _raise_nothing_valid(file, list(sink.first), totals["read"])
-
+    for chunk in chunks(usable(), CHUNK):
+        flush(chunk)
     label_list = list(labels) if labels else sort_labels(counts)
     by_label = {label: counts.get(label, 0) for label in label_list}
-    report = common_report(path, "classification", "classification", totals["read"], totals["usable"], sink)
-    report.update(
-        {
-            "columns": mapping.describe(),
-            "headerless": mapping.headerless,
-            "labels": label_list,
-            "label_map": {label: i for i, label in enumerate(label_list)},
-            "label_origin": "--labels" if labels else "discovered, sorted",
-            "label_counts": by_label,
-            "tokens": totals["tokens"],
-            "truncated": totals["truncated"],
-            "max_length": max_length,
-            "length_percentiles": sketch.percentiles(),
-            "length_histogram": sketch.buckets(),
-        }
-    )
+    report = task_report(
+        path, "classification", "classification", totals["read"], totals["usable"], sink, sketch, "texts",
+        columns=mapping.describe(), headerless=mapping.headerless, labels=label_list,
+        label_map={label: i for i, label in enumerate(label_list)},
+        label_origin="--labels" if labels else "discovered, sorted", label_counts=by_label,
+        tokens=totals["tokens"], truncated=totals["truncated"], max_length=max_length,
+    )  # fmt: skip
     notes = []
     if len(label_list) < 2:
         notes.append(f"classification needs at least two labels, but this file has only {label_list}.")
@@ -141,8 +126,6 @@ def inspect_classification(
         notes.append(warning)
     if notes:
         report["note"] = " ".join(notes)
-    if sketch.seen > sketch.size:
-        report["length_percentiles_from"] = f"a uniform sample of {sketch.size:,} of {sketch.seen:,} texts"
     label2id = report["label_map"]
 
     def view(record: LabeledText, sample: dict[str, Any]) -> dict[str, Any]:

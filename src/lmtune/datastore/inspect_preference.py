@@ -13,27 +13,13 @@ can differ by the end-of-text token.
 
 from __future__ import annotations
 
-import difflib
-from itertools import chain
 from pathlib import Path
 from typing import Any
 
-from lmtune.data.load import check_columns
-from lmtune.data.preference import (
-    _STACK_EXCHANGE,
-    FIELDS,
-    PREFERENCE_FORMATS,
-    _speaker_map,
-    convert_record,
-    detect_preference_format,
-)
-from lmtune.data.readers import iter_raw_records
-from lmtune.data.records import Reject
-from lmtune.data.validate import RecordError
+from lmtune.data.preference import open_preferences
 from lmtune.datastore.inspect import InspectResult, LengthSketch
-from lmtune.datastore.inspect_tasks import common_report
-from lmtune.datastore.stream import DETECT_SAMPLE, RejectSink
-from lmtune.errors import DataError
+from lmtune.datastore.inspect_tasks import chunks, task_report
+from lmtune.datastore.stream import RejectSink, StreamStats, tally
 
 CHUNK = 256
 IGNORE = -100
@@ -84,59 +70,24 @@ def inspect_preference(
     """Stream `path` as preference training reads and tokenises it; see the module docstring."""
     from lmtune.train.preference import fit_lengths, to_dataset
 
-    file = str(path)
-    if format not in ("auto", *PREFERENCE_FORMATS):
-        close = difflib.get_close_matches(format, PREFERENCE_FORMATS, n=1)
-        did = f" Did you mean '{close[0]}'?" if close else ""
-        raise DataError(
-            f"format '{format}' is not a preference format.{did}",
-            file=file,
-            hint=f"for task: preference use auto or one of {', '.join(PREFERENCE_FORMATS)}.",
-        )
-    raws = iter_raw_records(path)
-    head = []
-    for raw in raws:
-        head.append(raw)
-        if sum(r.data is not None for r in head) >= DETECT_SAMPLE:
-            break
-    if not head:
-        raise DataError("the file holds no records.", file=file, hint="check that it is the file you meant.")
-    cols = dict(columns or {})
-    fmt = format
-    samples = [r.data for r in head if r.data is not None]
-    if fmt == "auto":
-        if not samples:
-            from lmtune.data.load import _raise_nothing_valid
-
-            _raise_nothing_valid(file, [r.error for r in head], len(head))
-        fmt = detect_preference_format(samples, file=file, columns=cols)
-        if (
-            fmt == "preference"
-            and not cols
-            and all(set(_STACK_EXCHANGE.values()) <= s.keys() for s in samples)
-        ):
-            cols = dict(_STACK_EXCHANGE)
-    check_columns(fmt, cols, file=file, fields=FIELDS)
-    speaker = _speaker_map(None, file)
+    _, fmt, items = open_preferences(path, format=format, columns=columns)
     kto = fmt == "kto"
     answers = ("completion",) if kto else ("chosen", "rejected")
 
     sink = RejectSink()
+    stats = StreamStats(str(path), fmt)
     seq = LengthSketch()  # prompt + answer, per answer (as fit_lengths measures)
     parts = {"prompt": LengthSketch(), **{a: LengthSketch() for a in answers}}
-    totals = {"read": 0, "usable": 0, "tokens": 0, "trained_tokens": 0, "truncated": 0, "not_prefix": 0}
+    totals = {"usable": 0, "tokens": 0, "trained_tokens": 0, "truncated": 0, "not_prefix": 0}
     labels = {"desirable": 0, "undesirable": 0}
     kept: list[dict[str, Any]] = []
     pick: tuple[int, str, dict[str, Any]] | None = None
-    name = Path(file).name
-    chunk: list[Any] = []
 
-    def flush() -> None:
-        nonlocal chunk, pick
+    def flush(chunk: list[Any]) -> None:
+        nonlocal pick
         fitted, _, rejects = fit_lengths(
             chunk, tokenizer=tokenizer, max_length=max_length, max_prompt=max_prompt_length
         )
-        chunk = []
         for r in rejects:
             sink.add(r)
         if not fitted:
@@ -165,40 +116,14 @@ def inspect_preference(
             if pick is None or totals["usable"] <= max(example, 1):
                 pick = (totals["usable"], rec.source, view)
 
-    for raw in chain(head, raws):
-        totals["read"] += 1
-        if raw.data is None:
-            sink.add(raw.error)
-            continue
-        try:
-            rec = convert_record(raw.data, fmt, cols, speaker, None)
-        except RecordError as e:
-            sink.add(Reject(file, raw.index, raw.line, e.field, e.reason, str(e), raw.data))
-            continue
-        rec.source = f"{name}#{raw.index}"
-        chunk.append(rec)
-        if len(chunk) == CHUNK:
-            flush()
-    if chunk:
-        flush()
-    if not totals["usable"]:
-        from lmtune.data.load import _raise_nothing_valid
-
-        _raise_nothing_valid(file, list(sink.first), totals["read"])
-
-    report = common_report(path, "preference", fmt, totals["read"], totals["usable"], sink)
-    report.update(
-        {
-            "kind": "kto" if kto else "pairs",
-            "tokens": totals["tokens"],
-            "trained_tokens": totals["trained_tokens"],
-            "truncated": totals["truncated"],
-            "max_length": max_length,
-            "length_percentiles": seq.percentiles(),
-            "length_histogram": seq.buckets(),
-            **{f"{p}_length_percentiles": s.percentiles() for p, s in parts.items()},
-        }
-    )
+    for chunk in chunks(tally(items, sink, stats), CHUNK):
+        flush(chunk)
+    report = task_report(
+        path, "preference", fmt, stats.read, totals["usable"], sink, seq, "sequences",
+        kind="kto" if kto else "pairs", tokens=totals["tokens"], trained_tokens=totals["trained_tokens"],
+        truncated=totals["truncated"], max_length=max_length,
+    )  # fmt: skip
+    report.update({f"{p}_length_percentiles": s.percentiles() for p, s in parts.items()})
     if kto:
         report["labels"] = labels
     if totals["not_prefix"]:

@@ -19,13 +19,15 @@ what each task expects and the `--task` option.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from lmtune.data.readers import iter_raw_records, positional_columns
 from lmtune.errors import DataError
 
+T = TypeVar("T")
 TASKS = ("sft", "pretrain", "preference", "classification")
 _HEAD = 200  # records looked at (classification's header-less check compares the first row with these)
 _CLASSIFICATION_KEYS = {"text", "text_pair", "label"}
@@ -158,6 +160,43 @@ def check_task(task: str) -> str:
     if task not in ("auto", *TASKS):
         raise DataError(f"unknown task '{task}'.", hint=f"use auto or one of {', '.join(TASKS)}.")
     return task
+
+
+def task_report(
+    path: str | Path,
+    task: str,
+    fmt: str,
+    read: int,
+    usable: int,
+    sink: Any,
+    sketch: Any,
+    unit: str,
+    **fields: Any,
+) -> dict[str, Any]:
+    """A task's inspect report: the common fields, the task's own `fields`, then the length
+    statistics of `sketch` (a LengthSketch of `unit`s). Every record rejected is the DataError the
+    task's loader raises, not an empty report."""
+    if not usable:
+        from lmtune.data.load import _raise_nothing_valid
+
+        _raise_nothing_valid(str(path), list(sink.first), read, sink.by_reason())
+    report = common_report(path, task, fmt, read, usable, sink)
+    report.update(fields, length_percentiles=sketch.percentiles(), length_histogram=sketch.buckets())
+    if sketch.seen > sketch.size:
+        report["length_percentiles_from"] = f"a uniform sample of {sketch.size:,} of {sketch.seen:,} {unit}"
+    return report
+
+
+def chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """`items` in lists of `size` (the last may be shorter): what an inspect tokenises per call."""
+    chunk: list[T] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 def common_report(path: str | Path, task: str, fmt: str, read: int, usable: int, sink: Any) -> dict[str, Any]:

@@ -81,10 +81,10 @@ def store_key(
 def _store_code() -> str:
     """How records are read and stored: a fix to a reader or a format must not be hidden by a store
     built before it."""
-    from lmtune.data import formats, load, readers, validate
+    from lmtune.data import formats, load, readers, sources, validate
     from lmtune.datastore import store, stream
 
     h = hashlib.sha256()
-    for module in (readers, formats, validate, load, stream, store):
+    for module in (readers, formats, validate, load, sources, stream, store):
         h.update(Path(module.__file__ or "").read_bytes())
     return h.hexdigest()

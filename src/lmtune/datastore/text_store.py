@@ -31,84 +31,28 @@ from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
-from itertools import islice
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from lmtune.data.records import Reject
-from lmtune.data.sources import SourceSpec
-from lmtune.datastore.stream import RejectSink, StreamStats, per_dataset_rows
-from lmtune.errors import DataError
+from lmtune.data.sources import SourceSpec, open_file
+from lmtune.datastore.stream import RejectSink, StreamStats, per_dataset_rows, tally
 
 TEXT_STORE_VERSION = 1
 META = "meta.json"
-DETECT_SAMPLE = 20  # records checked for the text field, as load_texts does
 
 
 def stream_documents(
     spec: SourceSpec, *, on_error: str, text_split: str, sink: RejectSink, stats: StreamStats
 ) -> Iterator[str]:
-    """The texts of one file, in order, one at a time: the checks, rejects and errors of
-    lmtune.data.text.load_texts without its whole-file list."""
-    from lmtune.data.load import _raise_nothing_valid, _reject_error
-    from lmtune.data.readers import iter_raw_records
-    from lmtune.data.text import TEXT_SPLITS, _check_is_text, _check_options, _document, _text_field
-    from lmtune.data.validate import RecordError
-
-    file = spec.path
-    _check_options(spec.format, on_error, spec.limit, text_split)
-    columns = spec.columns or None
-    text_field = _text_field(columns, file)
-    is_txt = Path(file).suffix.lower() == ".txt"
-    if is_txt and text_field != "text":
-        raise DataError(
-            "`columns:` does not apply to a .txt file: its whole text (or each line) is the document.",
-            file=file,
-            hint="remove `columns:` for this file.",
-        )
-    raws = islice(iter_raw_records(file, text_split=TEXT_SPLITS[text_split]), spec.limit)
-    head = []
-    for raw in raws:
-        head.append(raw)
-        if sum(r.data is not None for r in head) >= DETECT_SAMPLE:
-            break
-    if not head:
-        raise DataError(
-            "the file holds no text." if is_txt else "the file holds no records.",
-            file=file,
-            hint="check that it is the file you meant.",
-        )
-    if not is_txt:
-        _check_is_text(head, text_field, file)
+    """The texts of one file, in order, one at a time: lmtune.data.text.load_texts' checks, rejects
+    and errors (open_texts serves both) without its whole-file list."""
     stats.format = "text"
-    first_rejects: list[Reject] = []
-
-    def chained() -> Iterator[Any]:
-        while head:
-            yield head.pop(0)
-        yield from raws
-
-    for raw in chained():
-        stats.read += 1
-        reject = raw.error
-        if raw.data is not None:
-            try:
-                doc = _document(raw.data, text_field, columns)
-            except RecordError as e:
-                reject = Reject(file, raw.index, raw.line, e.field, e.reason, str(e), raw.data)
-            else:
-                stats.usable += 1
-                yield doc.text
-                continue
-        if on_error == "fail":
-            raise _reject_error(reject)
-        if len(first_rejects) < DETECT_SAMPLE:
-            first_rejects.append(reject)
-        sink.add(reject)
-    if not stats.usable:
-        _raise_nothing_valid(file, first_rejects, stats.read)
+    opened = open_file(spec, "pretrain", on_error=on_error, text_split=text_split)
+    for doc in tally(opened.items, sink, stats):
+        yield doc.text
 
 
 @dataclass
@@ -205,11 +149,11 @@ def _code() -> str:
     import tokenizers
     import transformers
 
-    from lmtune.data import readers, text
+    from lmtune.data import load, readers, sources, text
     from lmtune.tokenize import blocks
 
     h = hashlib.sha256(f"{transformers.__version__} {tokenizers.__version__}".encode())
-    for module in (readers, text, blocks):
+    for module in (readers, load, sources, text, blocks):
         h.update(Path(module.__file__ or "").read_bytes())
     h.update(Path(__file__).read_bytes())
     return h.hexdigest()
