@@ -27,7 +27,7 @@ def write(path: Path, chosen: list[tuple[int, int]]) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
 
 
-def main(n_train: int = 400, n_test: int = 16) -> None:
+def main(n_train: int = 400, n_test: int = 48) -> None:
     OUT.mkdir(exist_ok=True)
     all_pairs = pairs()
     write(OUT / "arithmetic_test.jsonl", all_pairs[:n_test])
