@@ -79,6 +79,7 @@ def assert_same_run(ref: Path, ddp: Path, log: str) -> None:
     assert "find_unused_parameters=True" not in log, log[-3000:]
 
 
+@pytest.mark.slow  # CI time: SFT under DDP (test_multiprocess) and pretraining's blocks are tested apart
 def test_pretrain_under_ddp_matches_one_process(tiny_model_dir, shared_data, tmp_path):
     text = (shared_data / "pretrain_tinyshakespeare" / "input.txt").read_text(encoding="utf-8")
     (tmp_path / "shake.txt").write_text(text[:3000], encoding="utf-8")

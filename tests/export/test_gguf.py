@@ -317,6 +317,7 @@ def test_modelfile_without_a_default_system_or_for_another_template(tmp_path, sm
     assert 'PARAMETER stop "<|im_end|>"' in text  # the tokenizer's eos still stops generation
 
 
+@pytest.mark.slow  # 2-5 minutes on 2 cores; the q8_0 writer is checked on tiny models of every family
 @pytest.mark.realmodel
 def test_smollm2_q8_0_export_verifies(tmp_path, one_torch_thread):
     """The real SmolLM2-135M-Instruct: q8_0 reads back with the same weights (as rounded), tokenizer
