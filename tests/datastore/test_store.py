@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -52,8 +53,12 @@ def reference(data_file, smollm2_tokenizer):
 def built(data_file, smollm2_tokenizer, tmp_path_factory):
     cache = tmp_path_factory.mktemp("cache")
     builds: list[str] = []
+    environ = os.environ
     st = build_or_load([SourceSpec(str(data_file), data_file.name)], copy.deepcopy(smollm2_tokenizer),
                        cache_dir=cache, num_proc=2, on_build=builds.append, **KW)  # fmt: skip
+    # datasets.map(num_proc=2) swaps os.environ for a copy; the store puts the original back, or rich
+    # (and anything else that bound it) would stop seeing environment changes
+    assert os.environ is environ
     return st, cache, builds
 
 

@@ -30,6 +30,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -191,19 +192,20 @@ def _build(
             order, used = mix_records(ranges, [s.weight for s in specs], how=mix[0], stop=mix[1], seed=mix[2])
             records = records.select(order)
         procs = num_proc or auto_num_proc(len(records))
-        tokens = records.map(
-            _tokenize_batch,
-            batched=True,
-            batch_size=BATCH,
-            num_proc=procs if procs > 1 else None,
-            fn_kwargs={"tokenizer": tokenizer, "max_length": max_length, "train_on": train_on},
-            remove_columns=["conv"],
-            features=_features(),
-            cache_file_name=str(tmp / "tokens.arrow"),
-            load_from_cache_file=False,
-            new_fingerprint=key[:40],
-            desc="Tokenising",
-        )
+        with _environ_kept():
+            tokens = records.map(
+                _tokenize_batch,
+                batched=True,
+                batch_size=BATCH,
+                num_proc=procs if procs > 1 else None,
+                fn_kwargs={"tokenizer": tokenizer, "max_length": max_length, "train_on": train_on},
+                remove_columns=["conv"],
+                features=_features(),
+                cache_file_name=str(tmp / "tokens.arrow"),
+                load_from_cache_file=False,
+                new_fingerprint=key[:40],
+                desc="Tokenising",
+            )
         meta = _finish(tokens, records, tmp, sink, specs, per, used, key, procs)
         meta["read_rejected"] = read_rejected
         meta["first_system"] = first_system or None
@@ -417,3 +419,20 @@ def tokenized_dataset(
         num_proc=num_proc if num_proc is not None else getattr(data, "num_proc", None),
         on_build=on_build,
     )
+
+
+@contextmanager
+def _environ_kept() -> Iterator[None]:
+    """`datasets.map(num_proc > 1)` leaves a deep copy in `os.environ` (datasets 4.x: `os.environ =
+    prev_env`), so modules that bound the original object (rich's Console reads COLUMNS from it)
+    stop seeing changes. Put the original object back, with whatever the copy holds."""
+    original = os.environ
+    try:
+        yield
+    finally:
+        if os.environ is not original:
+            current = dict(os.environ)
+            for name in set(original) - set(current):
+                del original[name]
+            original.update(current)
+            os.environ = original  # noqa: B003 (the same object, its contents already set)
