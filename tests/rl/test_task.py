@@ -202,6 +202,11 @@ def test_eval_rewards_scores_the_run_and_its_base(grpo_run, prompts_file, tmp_pa
         ]
         assert [r["rewards"]["total"] for r in recs] == pytest.approx(totals)
     assert (out / "sums_rewards.md").read_text().startswith("# Rewards on sums")
+    # without --max-new-tokens the answers get the length the run trained with (its rewards' setting)
+    res = CliRunner().invoke(app, [*args, "--limit", "1", "--out", str(tmp_path / "ev2")])
+    assert res.exit_code == 0, res.output
+    doc = json.loads((tmp_path / "ev2" / "sums_rewards.json").read_text())
+    assert doc["generation"]["max_new_tokens"] == 6  # rl.max_completion_length in config()
     res = CliRunner().invoke(app, ["eval", str(grpo_run.run_dir), "--rewards", "run"])
     # main() turns this LmtuneError into one sentence and exit code 2
     assert isinstance(res.exception, ConfigError) and "--rewards needs --data" in str(res.exception)

@@ -155,3 +155,37 @@ def test_requests_joining_at_once_are_prefilled_together(tiny_model_and_tokenize
     assert scheduler.steps - steps >= 10  # the running row kept stepping (also between the chunks)
     assert scheduler.widest == 5
     wait_for(lambda: scheduler.active() == 0)
+
+
+def test_a_crowd_is_prefilled_in_groups_within_the_token_budget(tiny_model_and_tokenizer):
+    """Requests arriving at once join in first-come groups whose padded prompt block (rows x widest)
+    stays within `group_tokens`, so the first group gets its first tokens before the rest is prefilled;
+    every answer is still exactly what the prompt gets alone."""
+    from lmtune.serve.engine import Scheduler
+
+    model, tokenizer = tiny_model_and_tokenizer
+    prompts = [PROMPTS[0], PROMPTS[2], PROMPTS[3], "Hi"]
+    ids = [ModelSlot("x", model, tokenizer).text_prompt(p) for p in prompts]
+    budget = 2 * max(len(ids[0]), len(ids[1]))  # the first two fit together, a third would not
+    assert 3 * max(len(i) for i in ids[:3]) > budget
+    scheduler = Scheduler(model, ModelSlot("x", model, tokenizer).eos, max_batch=8, group_tokens=budget)
+    slot = ModelSlot("tiny", model, tokenizer, scheduler=scheduler)
+    # the grouping alone, first come first served (an independent count of the rule)
+    expected_groups, group, widest = [], [], 0
+    for n in map(len, ids):
+        if group and (len(group) + 1) * max(widest, n) > budget:
+            expected_groups.append(group)
+            group, widest = [], 0
+        group.append(n)
+        widest = max(widest, n)
+    expected_groups.append(group)
+    assert len(expected_groups) >= 2
+    "".join(start(slot, "Hello", max_new_tokens=2)[0])  # the first prompt ever runs alone (cache kind)
+    wait_for(lambda: scheduler.active() == 0)
+    prefills = scheduler.prefills
+    with scheduler._wake:  # all four are waiting before the scheduler looks at the queue
+        started = [start(slot, p, max_new_tokens=8) for p in prompts]
+    texts = ["".join(r) for r, _ in started]
+    assert texts == [raw_continuation(model, tokenizer, p, 8) for p in prompts]
+    assert scheduler.prefills - prefills == len(expected_groups)  # one forward per group, no chunks
+    wait_for(lambda: scheduler.active() == 0)

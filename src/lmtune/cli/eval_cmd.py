@@ -36,7 +36,11 @@ def eval(  # noqa: A001 - the command is called eval
         None, "--out", "-o", help="Output folder; default TARGET/eval for a run directory, else ./eval."
     ),
     report: str = typer.Option("md", help="Report format(s): md, html or md,html."),
-    max_new_tokens: int = typer.Option(128, help="Longest generated answer in tokens."),
+    max_new_tokens: int | None = typer.Option(
+        None,
+        help="Longest generated answer in tokens; default 128, or with --rewards on a grpo/rloo run the "
+        "answer length it trained with (rl.max_completion_length), which its rewards were written for.",
+    ),
     temperature: float = typer.Option(0.0, help="0 = greedy (the default); higher = sampling."),
     top_p: float = typer.Option(1.0, help="Nucleus sampling mass (with temperature > 0)."),
     stop: list[str] = typer.Option([], "--stop", help="Cut answers before this string (repeat)."),
@@ -90,7 +94,11 @@ def eval(  # noqa: A001 - the command is called eval
     options = EvalOptions(
         metrics=_split(metrics) or ["auto"],
         generation=GenerationOptions(
-            max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, stop=list(stop), seed=seed
+            max_new_tokens=max_new_tokens or 128,
+            temperature=temperature,
+            top_p=top_p,
+            stop=list(stop),
+            seed=seed,
         ),
         batch_size=batch_size,
         max_length=max_length,
@@ -126,7 +134,7 @@ def _reward_eval(
     data: Path | None,
     rewards: str,
     baseline: str | None,
-    max_new_tokens: int,
+    max_new_tokens: int | None,
     batch_size: int,
     limit: int | None,
     seed: int,

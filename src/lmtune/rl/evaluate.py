@@ -91,7 +91,7 @@ def run_reward_eval(
     *,
     specs: list[str] | None = None,
     baseline: str | None = None,
-    max_new_tokens: int = 128,
+    max_new_tokens: int | None = None,
     batch_size: int = 8,
     limit: int | None = None,
     seed: int = 0,
@@ -106,7 +106,12 @@ def run_reward_eval(
 
     say = console.print if console is not None else (lambda *a, **k: None)
     rewards = build_rewards(reward_entries(target, specs))
-    run_data = read_run_config(target).get("data") or {}
+    run_config = read_run_config(target)
+    run_data = run_config.get("data") or {}
+    if max_new_tokens is None:  # a grpo/rloo run: the answer length its rewards were written for
+        rl = run_config.get("rl") or {}
+        trained = rl.get("max_completion_length") if run_config.get("task") in ("grpo", "rloo") else None
+        max_new_tokens = trained or 128
     records, rejects, total = read_prompts(
         data,
         columns=run_data.get("columns") or {},

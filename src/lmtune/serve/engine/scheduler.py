@@ -2,10 +2,11 @@
 
 One `Scheduler` per loaded model (adapters of one base share it) owns the model in one thread.
 Between two decoding steps it drops rows that finished or whose client went away, and admits
-waiting requests (up to `max_batch` rows). The newcomers are prefilled together: their prompts are
+waiting requests (up to `max_batch` rows, in groups of at most `group_tokens` padded prompt tokens,
+so a crowd's first requests get their first token early). Each group is prefilled together: prompts are
 left-padded to one width and run in one forward (attention mask and position ids make each row see
-only its own prompt, at its own positions), so 30 requests arriving at once cost one batched
-forward, not 30 in a row. A group wider than `prefill_tokens` tokens (rows x columns) is fed in
+only its own prompt, at its own positions), so 30 requests arriving at once cost a few
+batched forwards, not 30 in a row. A group wider than `prefill_tokens` tokens (rows x columns) is fed in
 chunks of columns, and the running rows take a decoding step between two chunks, so a long prompt
 does not stall everyone else's stream. After the last chunk each newcomer gets its first token and
 the group's cache is merged into the batch. Then one step feeds every row its last token.
@@ -44,6 +45,10 @@ from lmtune.infer.generate import GenerationOptions
 
 _END = None  # put on a request's queue when it will get no more tokens
 DEFAULT_PREFILL_TOKENS = 2048  # most prompt tokens (padding included) in one prefill forward
+# Most prompt tokens (padding included) in one joining group: a crowd arriving at once is prefilled in
+# successive groups, so the first ones get their first token after a fraction of the crowd's prompt
+# work instead of after all of it (time to first token), while each group is still one wide forward.
+DEFAULT_GROUP_TOKENS = 512
 
 
 class QueueFull(Exception):
@@ -79,11 +84,13 @@ class Scheduler:
         max_batch: int = 16,
         max_queue: int = 64,
         prefill_tokens: int = DEFAULT_PREFILL_TOKENS,
+        group_tokens: int = DEFAULT_GROUP_TOKENS,
     ) -> None:
         if max_batch < 1 or max_queue < 0:
             raise ValueError(f"max_batch must be >= 1 and max_queue >= 0, got {max_batch}, {max_queue}")
         self.model, self.eos = model, set(eos_ids)
         self.max_batch, self.max_queue, self.prefill_tokens = max_batch, max_queue, max(1, prefill_tokens)
+        self.group_tokens = max(1, group_tokens)
         self.pending: _Prefill | None = None  # newcomers being prefilled together, chunk by chunk
         self.waiting: deque[Request] = deque()
         self.rows: list[Request] = []  # the running batch, in cache row order
@@ -146,9 +153,7 @@ class Scheduler:
                         return
                     self._drop_cancelled_waiting()
                     if self.pending is None and self.waiting:
-                        joining = [
-                            self.waiting.popleft() for _ in range(min(self._room(), len(self.waiting)))
-                        ]
+                        joining = self._take_group()
                         self._joining = len(joining)
                     else:
                         joining = []
@@ -172,6 +177,20 @@ class Scheduler:
             return self.max_batch - len(self.rows)
         # not known yet (the first prompt tells), or a cache that cannot be batched: one row at a time
         return 0 if self.rows else 1
+
+    def _take_group(self) -> list[Request]:
+        """The next joining group, first come first served: as many waiting requests as there is room
+        for while the group's padded prompt block (rows x widest prompt) stays within `group_tokens`;
+        always at least one."""
+        group: list[Request] = []
+        widest = 0
+        for _ in range(min(self._room(), len(self.waiting))):
+            width = max(widest, len(self.waiting[0].prompt))
+            if group and (len(group) + 1) * width > self.group_tokens:
+                break
+            group.append(self.waiting.popleft())
+            widest = width
+        return group
 
     def _drop_cancelled_waiting(self) -> None:
         for request in [r for r in self.waiting if r.cancelled.is_set()]:
