@@ -59,6 +59,7 @@ def bench(tiny_model_dir, tmp_path_factory):
     return proc, json.loads(out.with_suffix(".json").read_text()), out.read_text()
 
 
+@pytest.mark.slow  # runs the harness end to end (~45 s): with the benchmarks, not in CI
 def test_every_run_has_sane_numbers(bench):
     _, result, _ = bench
     rows = result["rows"]
@@ -85,6 +86,7 @@ def test_every_run_has_sane_numbers(bench):
     assert result["matmul_parameters"] < result["parameters"]  # the tiny model's input embedding is untied
 
 
+@pytest.mark.slow  # runs the harness end to end (~45 s): with the benchmarks, not in CI
 def test_real_tokens_match_the_harness_tokenisation(bench):
     """No padding is counted: each run saw exactly the tokens of the truncated samples (all of them,
     or those with an answer token left, which TRL without packing and lmtune keep)."""
@@ -94,6 +96,7 @@ def test_real_tokens_match_the_harness_tokenisation(bench):
         assert row["real_tokens"] in expected, (name, row["real_tokens"], expected)
 
 
+@pytest.mark.slow  # runs the harness end to end (~45 s): with the benchmarks, not in CI
 def test_table_has_every_row_column_ratio_and_bar(bench):
     proc, result, text = bench
     for column in (

@@ -288,6 +288,7 @@ def test_estimate_matches_peak_rss_of_a_tiny_run(tiny_model_dir, shared_data, tm
     assert_within(estimate, measured)
 
 
+@pytest.mark.slow  # CI time; the same check on the tiny model runs in CI, benchmarks/estimate_check.py measures more
 @pytest.mark.realmodel
 def test_estimate_matches_peak_rss_of_a_smollm2_run(shared_data, tmp_path, tmp_path_factory, monkeypatch):
     home = tmp_path_factory.getbasetemp() / "lmtune_home_shared"  # shared with the other SmolLM2 tests
