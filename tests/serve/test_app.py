@@ -414,3 +414,21 @@ def test_a_model_without_a_chat_template(tiny_model_dir, slot):
         "/v1/completions", json={"model": "base", "prompt": "Once upon a time", "max_tokens": 4}
     )
     assert done.json()["choices"][0]["text"] == raw_continuation(slot.model, tokenizer, "Once upon a time", 4)
+
+
+def test_bfloat16_serving_answers_as_the_bfloat16_model_does(tiny_model_dir):
+    """--dtype bfloat16: the loaded model is cast once, and a completion equals transformers' own
+    greedy continuation of that bf16 model (the engine adds nothing); an unknown dtype is refused."""
+    import torch
+
+    from lmtune.errors import ConfigError
+
+    half = load_slots([str(tiny_model_dir)], ["tiny"], dtype="bfloat16")[0]
+    assert {p.dtype for p in half.model.parameters()} == {torch.bfloat16}
+    body = {"model": "tiny", "prompt": "Once upon a time", "max_tokens": 12, "temperature": 0}
+    text = TestClient(create_app([half], max_tokens_limit=64)).post("/v1/completions", json=body)
+    assert text.status_code == 200, text.text
+    expected = raw_continuation(half.model, half.tokenizer, "Once upon a time", 12)
+    assert text.json()["choices"][0]["text"] == expected and expected
+    with pytest.raises(ConfigError, match="--dtype 'float16'"):
+        load_slots([str(tiny_model_dir)], dtype="float16")

@@ -86,6 +86,27 @@ def test_runs_share_the_base_and_batches_and_answer_as_alone(runs):
         assert reply["choices"][0]["message"]["content"] == expected[slot.id][0]
 
 
+def test_bfloat16_serving_casts_base_and_adapters_and_reports_their_served_size(runs):
+    import torch
+
+    from lmtune.serve.engine.adapters import adapter_bytes
+
+    full = load_slots([str(r) for r in runs], max_batch=8)
+    half = load_slots([str(r) for r in runs], max_batch=8, dtype="bfloat16")
+    assert {p.dtype for p in half[0].model.parameters()} == {torch.bfloat16}
+    for f, h in zip(full, half, strict=True):  # the note says what the adapter takes as served: half
+        name = h.adapter
+        assert adapter_bytes(h.model, name) * 2 == adapter_bytes(f.model, name)
+        assert f"{adapter_bytes(h.model, name) / 2**20:.2f} MiB" in h.note
+    options = GenerationOptions(max_new_tokens=12)
+    for run, slot in zip(runs, half, strict=True):  # each adapter answers as its own bf16 model alone
+        alone = load_target(str(run), quiet=True)
+        alone.model.to(torch.bfloat16)
+        want = generate_replies(alone.model, alone.tokenizer, QUESTIONS[:1], options)
+        got = "".join(slot.generate(slot.chat_prompt(QUESTIONS[0]), options, strip=True, outcome=Outcome()))
+        assert [got] == want
+
+
 def test_vllm_command_line(runs, tiny_model_dir, tmp_path):
     a, b = (str(r) for r in runs)
     plan = plan_vllm([a, b], ["sums", "other"], host="127.0.0.1", port=9000, api_key="k", max_batch=32)

@@ -34,6 +34,11 @@ def serve(
     max_queue: int = typer.Option(
         64, min=0, help="Most requests waiting for a batch row per model; beyond that: HTTP 429."
     ),
+    dtype: str = typer.Option(
+        "float32",
+        help="float32 (answers as `lmtune chat` and eval do) or bfloat16 (half the memory; 2-3x faster "
+        "prompts on CPUs with native bf16 and on GPUs). --engine vllm picks its own.",
+    ),
     engine: str = typer.Option(
         "lmtune", help="lmtune (batching engine, runs anywhere) or vllm (hand the targets to vLLM's server)."
     ),
@@ -57,7 +62,7 @@ def serve(
             targets, name, host=host, port=port, api_key=api_key, max_batch=max_batch, merged_dir=merged_dir
         )
         raise typer.Exit(run_vllm(plan, echo=typer.echo))
-    slots = load_slots(targets, name, max_batch=max_batch, max_queue=max_queue)
+    slots = load_slots(targets, name, max_batch=max_batch, max_queue=max_queue, dtype=dtype)
     run_server(
         slots,
         host=host,

@@ -26,9 +26,13 @@ def load_slots(
     *,
     max_batch: int = DEFAULT_MAX_BATCH,
     max_queue: int = DEFAULT_MAX_QUEUE,
+    dtype: str = "float32",
 ) -> list[ModelSlot]:
     """Each target loaded once; its id is its --name, else the run directory's or model's name.
-    LoRA runs on one base share one copy of it and one batch (engine/adapters.py)."""
+    LoRA runs on one base share one copy of it and one batch (engine/adapters.py). `dtype`
+    bfloat16 casts each loaded model (adapters included) after loading: half the memory, and on
+    CPUs with native bf16 (AVX512-BF16, AMX) or GPUs a 2-3x faster prompt pass; float32 (the
+    default) answers exactly as training's evaluation and `lmtune chat` do."""
     from lmtune.run.load import load_target, require_generative
     from lmtune.serve.engine.adapters import adapter_bytes, add_adapter, group_targets
 
@@ -39,6 +43,8 @@ def load_slots(
         )
     if any(not n.strip() for n in names):
         raise ConfigError("A --name cannot be empty.")
+    if dtype not in DTYPES:
+        raise ConfigError(f"--dtype {dtype!r}: choose {' or '.join(DTYPES)}.")
     for target in targets:  # before loading anything: a classification run cannot write text
         require_generative(target, "serve")
     found: dict[int, ModelSlot] = {}
@@ -57,11 +63,12 @@ def load_slots(
         )
         found[first] = slot
         if not shared:
+            _cast(loaded.model, dtype)
             continue
-        slot.note = f"  (LoRA; base loaded once, adapter {_mib(adapter_bytes(loaded.model, 'default'))})"
+        others: list[tuple[ModelSlot, str]] = []
         for i in group.targets[1:]:
             name = f"adapter{i}"
-            added = add_adapter(loaded.model, targets[i], name)
+            add_adapter(loaded.model, targets[i], name)
             other = ModelSlot(
                 names[i] if names else Path(targets[i]).name,
                 loaded.model,
@@ -70,8 +77,12 @@ def load_slots(
                 scheduler=slot.scheduler,
                 adapter=name,
             )
-            other.note = f"  (LoRA on {slot.id}'s base: +{_mib(added)})"
+            others.append((other, name))
             found[i] = other
+        _cast(loaded.model, dtype)  # after every adapter is on: they share the base's dtype
+        slot.note = f"  (LoRA; base loaded once, adapter {_mib(adapter_bytes(loaded.model, 'default'))})"
+        for other, name in others:  # each adapter's memory as served (after the cast)
+            other.note = f"  (LoRA on {slot.id}'s base: +{_mib(adapter_bytes(loaded.model, name))})"
     slots: list[ModelSlot] = []
     for i in range(len(targets)):
         if any(s.id == found[i].id for s in slots):
@@ -80,6 +91,16 @@ def load_slots(
             )
         slots.append(found[i])
     return slots
+
+
+DTYPES = ("float32", "bfloat16")
+
+
+def _cast(model: Any, dtype: str) -> None:
+    if dtype != "float32":
+        import torch
+
+        model.to(getattr(torch, dtype))
 
 
 def _run_tokenizer(run_dir: str) -> object:
