@@ -40,6 +40,8 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = (ROOT / "../shared/data/alpaca_en_stanford/alpaca_small.json").resolve()
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 RUNS = ("lmtune", "trl-defaults", "trl-tuned")
+# the instruction-set caps of torch's own kernels, oneDNN (bf16 matmuls) and MKL (float32 matmuls)
+AVX2_CAPS = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
 
 
 def cores() -> int:
@@ -72,6 +74,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--work", type=Path, default=ROOT / "runs/bench-sft", help="run folders, data, logs, model"
     )
     ap.add_argument("--threads", type=int, default=cores(), help="torch threads per run")
+    ap.add_argument(
+        "--isa",
+        choices=["native", "avx2"],
+        default="native",
+        help="avx2: cap torch, oneDNN and MKL at AVX2 to emulate an AVX2-only CPU on this one (bf16 "
+        "is then emulated, so every run trains in float32); clock and memory stay this machine's",
+    )
     ap.add_argument("--child", help=argparse.SUPPRESS)  # internal: NAME of the run this process is
     ap.add_argument("--spec", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -265,6 +274,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.child:
         return child_main(args.child, args.spec)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.isa == "avx2":  # before torch is imported here; the children inherit it
+        os.environ.update(AVX2_CAPS)
     work = args.work.resolve()
     args.work = work
     train, val = write_data(args, work / "data")
@@ -273,9 +284,12 @@ def main(argv: list[str] | None = None) -> None:
     model_folder(args)
     info = machine(args.threads)
     flags = ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in info["flags"].items())
+    if args.isa == "avx2":
+        info["isa"] = "capped at AVX2 (" + ", ".join(f"{k}={v}" for k, v in AVX2_CAPS.items()) + ")"
+        flags += f"; {info['isa']}"
     print(f"Machine: {info['cpu']}, {info['cores']} cores, {args.threads} threads; {flags}", flush=True)
     peaks = {dtype: matmul_peak(args.threads, dtype) for dtype in ("float32", "bfloat16")}
-    native = native_bf16(info["flags"])
+    native = native_bf16(info["flags"]) and args.isa == "native"
     print(
         f"matmul peak: float32 {peaks['float32'] / 1e9:.1f} GFLOP/s, bf16 {peaks['bfloat16'] / 1e9:.1f} "
         f"GFLOP/s ({'native' if native else 'emulated'}); TRL tuned trains in {'bf16' if native else 'float32'}",

@@ -20,6 +20,7 @@ from typing import Any
 
 from lmtune.errors import ModelError
 from lmtune.models.aliases import ALIASES
+from lmtune.models.cpu import bf16_capped
 from lmtune.models.gguf_import import DTYPES, hf_progress_bars_off, load_dense_from_gguf
 from lmtune.models.resolve import ModelRef
 
@@ -152,6 +153,8 @@ def device_supports(dtype: str, device: str) -> bool:
         return dtype == "float16" or torch.cuda.is_bf16_supported()
     if device == "mps":
         return dtype == "float16"
+    if bf16_capped():
+        return False
     probe = {
         "bfloat16": ("_is_avx512_bf16_supported", "_is_amx_tile_supported"),
         "float16": ("_is_amx_fp16_supported",),

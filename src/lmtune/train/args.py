@@ -6,22 +6,11 @@ the user's values are passed through unchanged.
 
 from __future__ import annotations
 
-from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 from lmtune.config.schema import RunConfig
+from lmtune.models.cpu import cpu_has_native_bf16
 from lmtune.run.layout import RunDir
-
-
-@lru_cache(maxsize=1)
-def cpu_has_native_bf16() -> bool:
-    """AVX512-BF16 or AMX: bf16 matmuls run natively instead of being emulated (slower than fp32)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def use_bf16(setting: bool | str, device: str) -> bool:
