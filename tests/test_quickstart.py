@@ -1,4 +1,4 @@
-"""The README's quickstart, end to end (about 2-3 minutes on 2 cores): `pytest -m slow`."""
+"""The README's quickstart, end to end (about 1.5 minutes on 2 cores): `pytest -m slow`."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def test_quickstart_teaches_the_new_identity(tmp_path):
     assert "Eval prompts: base vs tuned" in proc.stdout and "exact_match" in proc.stdout
     doc = json.loads((out / "summary.json").read_text())["eval"]
     before, after = doc["baseline"]["metrics"], doc["target"]["metrics"]
-    assert before["exact_match"] < 0.3 and after["exact_match"] >= 0.6
+    assert before["exact_match"] < 0.3 and after["exact_match"] >= 0.85  # the quality the README shows
     assert after["contains"] >= 0.7  # names Quill and Larkspur Labs on most held-out questions
     assert after["loss"] < before["loss"]  # the reference answers became more likely
     assert doc["comparison"]["records"]["wins"] > doc["comparison"]["records"]["losses"]

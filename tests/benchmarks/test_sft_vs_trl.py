@@ -128,6 +128,21 @@ def test_table_has_every_row_column_ratio_and_bar(bench):
     assert result["date"]
 
 
+def test_isa_avx2_emulates_a_cpu_without_bf16(tiny_model_dir, tmp_path):
+    """With the instruction sets capped at AVX2, lmtune's bf16 `auto` trains in float32 (whatever the
+    CPU's flags say) and the report says the machine was capped."""
+    cmd = [sys.executable, str(SCRIPT), "--model", str(tiny_model_dir), "--isa", "avx2", "--only", "lmtune"]
+    cmd += ["--records", "4", "--eval-records", "2", "--max-length", "64", "--threads", "1"]
+    cmd += ["--work", str(tmp_path), "--out", str(tmp_path / "result.md")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["machine"]["isa"].startswith("capped at AVX2 (ATEN_CPU_CAPABILITY=avx2")
+    assert result["rows"]["lmtune"]["settings"]["bf16"] is False
+    assert "instruction sets capped at AVX2" in (tmp_path / "result.md").read_text()
+    assert "TRL tuned trains in float32" in proc.stdout
+
+
 @pytest.mark.parametrize(
     ("flags", "message"),
     [

