@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import typer
 
 from lmtune.cli.infer_cmd import TARGET_HELP
@@ -71,7 +73,7 @@ def serve(
             api_key=api_key,
             max_batch=max_batch,
             merged_dir=merged_dir,
-            **({"python": vllm_python} if vllm_python else {}),
+            python=vllm_python or sys.executable,
         )
         raise typer.Exit(run_vllm(plan, echo=typer.echo))
     slots = load_slots(targets, name, max_batch=max_batch, max_queue=max_queue, dtype=dtype)

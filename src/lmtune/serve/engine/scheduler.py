@@ -1,14 +1,15 @@
 """Continuous batching: requests join and leave one running batch between decoding steps.
 
 One `Scheduler` per loaded model (adapters of one base share it); one `Worker` thread runs every
-scheduler of the process in turn (worker.py says why one thread). Between two decoding steps it drops rows that finished or whose client went away, and admits
-waiting requests (up to `max_batch` rows, in groups of at most `group_tokens` padded prompt tokens,
-so a crowd's first requests get their first token early). Each group is prefilled together: prompts are
-left-padded to one width and run in one forward (attention mask and position ids make each row see
-only its own prompt, at its own positions), so 30 requests arriving at once cost a few
-batched forwards, not 30 in a row. A group wider than `prefill_tokens` tokens (rows x columns) is fed in
-chunks of columns, and the running rows take a decoding step between two chunks, so a long prompt
-does not stall everyone else's stream. After the last chunk each newcomer gets its first token and
+scheduler of the process in turn (worker.py says why one thread). Between two decoding steps a
+scheduler drops rows that finished or whose client went away, and admits waiting requests (up to
+`max_batch` rows, in groups of at most `group_tokens` padded prompt tokens, so a crowd's first
+requests get their first token early). Each group is prefilled together: prompts are left-padded to
+one width and run in one forward (attention mask and position ids make each row see only its own
+prompt, at its own positions), so 30 requests arriving at once cost a few batched forwards, not 30
+in a row. A group wider than `prefill_tokens` tokens (rows x columns) is fed in chunks of columns,
+and the running rows take a decoding step between two chunks, so a long prompt does not stall
+everyone else's stream. After the last chunk each newcomer gets its first token and
 the group's cache is merged into the batch. Then one step feeds every row its last token.
 
 Why not transformers' own continuous batching (`generate_batch` / `ContinuousBatchingManager`)? It
@@ -142,8 +143,7 @@ class Scheduler:
         """Fail what is running or waiting ("shutting down") and leave the worker."""
         with self._wake:
             self.closed = True
-            running = self.worker.running() and self in self.worker.schedulers
-            if not running:
+            if not self.worker.running():  # else the worker fails them and sets `stopped`
                 self.fail_all(RuntimeError("the server is shutting down"))
                 if self in self.worker.schedulers:
                     self.worker.schedulers.remove(self)

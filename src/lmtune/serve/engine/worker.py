@@ -3,9 +3,10 @@
 Why one thread for all the model work of a process: torch runs each CPU operation on an OpenMP
 thread team, and GNU OpenMP (libgomp) gives every OS thread that starts parallel work a team of its
 own, kept until that thread exits. With two such threads on a 2-core machine (say the main thread
-that loaded the model and a generation thread) libgomp sees more threads than cores and cuts the
-time its workers spin before sleeping from ~3 ms to ~100 loops, so every small operation waits for
-a sleeping worker to wake. Measured on a 2-core EPYC (bfloat16 SmolLM2-135M, greedy, batch 1):
+that loaded the model and a generation thread) libgomp counts more threads than cores and lets its
+idle workers spin only briefly before sleeping (its "throttled" spin count), so each of the many
+small operations of a decoding step waits for a sleeping worker to wake (CPU use fell from 2.0 to
+1.3 cores while the speed halved). Measured on a 2-core EPYC (bfloat16 SmolLM2-135M, greedy, batch 1):
 26.9 tokens/s with one team, 13-18 with two; `OMP_WAIT_POLICY=active` makes it worse (10.6: four
 spinning threads on two cores). So the models are loaded in a thread that exits before serving
 starts (`in_fresh_thread`), and one `Worker` thread runs every scheduler in turn: one team in the
