@@ -23,9 +23,9 @@ def new_generator(options: GenerationOptions) -> torch.Generator | None:
     return torch.Generator().manual_seed(options.seed)
 
 
-def choose(logits: torch.Tensor, rows: list[tuple[GenerationOptions, Any, Any]]) -> list[int]:
+def choose(logits: torch.Tensor, rows: list[tuple[GenerationOptions, Any, Any] | None]) -> list[int]:
     """Every row's next token from the batch's last-position logits ([rows, vocab]); a row is
-    (options, its history or a function giving it, its generator), None for a row to skip (token 0).
+    (options, a function giving its history, its generator), None for a row to skip (token 0).
     Greedy rows without a repetition penalty share one argmax over the batch (a Python call per row
     cost ~7% of a 32-row decoding step)."""
     best: list[int] | None = None
@@ -40,9 +40,7 @@ def choose(logits: torch.Tensor, rows: list[tuple[GenerationOptions, Any, Any]])
                 best = logits.float().argmax(-1).tolist()
             tokens.append(best[row])
         else:
-            tokens.append(
-                next_token(logits[row], options, history() if callable(history) else history, generator)
-            )
+            tokens.append(next_token(logits[row], options, history(), generator))
     return tokens
 
 

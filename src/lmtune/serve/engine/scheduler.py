@@ -275,7 +275,7 @@ class Scheduler:
             return  # the running rows take a step before the next chunk
         if self.batchable is None:
             self.batchable = _plain(group.cache)  # sliding-window or hybrid caches: rows never share a step
-        live = [None if r.cancelled.is_set() else (r.options, r.prompt, r.generator) for r in group.requests]
+        live = [None if r.cancelled.is_set() else (r.options, r.history, r.generator) for r in group.requests]
         first = choose(logits, live)
         for request, entry, token in zip(group.requests, live, first, strict=True):
             if entry is not None and self._emit(request, token):
