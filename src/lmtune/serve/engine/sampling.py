@@ -40,7 +40,8 @@ def choose(logits: torch.Tensor, rows: list[tuple[GenerationOptions, Any, Any] |
                 best = logits.float().argmax(-1).tolist()
             tokens.append(best[row])
         else:
-            tokens.append(next_token(logits[row], options, history(), generator))
+            penalized = options.repetition_penalty != 1.0  # only then is the history built and read
+            tokens.append(next_token(logits[row], options, history() if penalized else [], generator))
     return tokens
 
 
