@@ -436,6 +436,12 @@ class TrainSection(Section):
         description="LoRA dropout on CPU with masks drawn 16 bits per element (a third of the random "
         "draws of torch's dropout; p rounded to a multiple of 1/65536). false: torch's nn.Dropout.",
     )
+    fused_lora: bool = Field(
+        True,
+        description="LoRA linear layers on CPU compute their update in one autograd function (scaling on "
+        "the rank-r activations, the add inside the matmul, dropout's bool mask kept instead of the "
+        "dropped input). Same update as PEFT's; false: PEFT's forward.",
+    )
     loss_chunk: int = Field(
         256,
         ge=0,

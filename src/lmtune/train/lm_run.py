@@ -14,7 +14,7 @@ def train_lm(s: Any, model: Any, tokenizer: Any, train: Any, val: Any) -> dict[s
     from lmtune.tokenize.dataset import PadCollator
     from lmtune.tokenize.packing import PackedCollator
     from lmtune.train.lm_trainer import LMTrainer, SpeedCallback, lm_rows, lm_samples
-    from lmtune.train.lora_fast import restore_input_casts, speed_up_lora
+    from lmtune.train.lora_fast import restore_lora, speed_up_lora
     from lmtune.train.optim import build_optimizer
     from lmtune.train.plan import cast_frozen
 
@@ -36,13 +36,20 @@ def train_lm(s: Any, model: Any, tokenizer: Any, train: Any, val: Any) -> dict[s
         train_set, val_set, collator = lm_samples(train), lm_samples(val), PadCollator(pad)
     if plan.bf16_frozen:
         cast_frozen(model, torch.bfloat16, source=torch.float32)
-    fast_dropout = s.cfg.train.fast_dropout and s.device == "cpu"
-    sped = speed_up_lora(model, autocast=s.bf16, fast_dropout=fast_dropout)
+    cpu = s.device == "cpu"
+    sped = speed_up_lora(
+        model,
+        autocast=s.bf16,
+        fast_dropout=s.cfg.train.fast_dropout and cpu,
+        fused=s.cfg.train.fused_lora and cpu,
+    )
+    said = {
+        "dropout": "dropouts draw 16-bit masks (train.fast_dropout)",
+        "input_cast": "layers without PEFT's float32 input cast (bf16 autocast casts back anyway)",
+        "fused": "layers compute their update in one function (train.fused_lora)",
+    }
     if any(sped.values()):
-        s.console.print(
-            f"LoRA: {sped['dropout']} dropouts draw 16-bit masks (train.fast_dropout), PEFT's float32 "
-            f"input cast off in {sped['input_cast']} layers (bf16 autocast casts back anyway)"
-        )
+        s.console.print("LoRA: " + "; ".join(f"{sped[k]} {text}" for k, text in said.items() if sped[k]))
     has_val = bool(val)
     speed = SpeedCallback(compile_mode=plan.compile, device=s.device, console=s.console)
     overrides: dict[str, Any] = {"prediction_loss_only": True, "use_liger_kernel": plan.liger}
@@ -68,8 +75,8 @@ def train_lm(s: Any, model: Any, tokenizer: Any, train: Any, val: Any) -> dict[s
     after = trainer.evaluate()["eval_loss"] if has_val else None
     if plan.bf16_frozen:
         cast_frozen(model, torch.float32, source=torch.bfloat16)
-    if sped["input_cast"]:
-        restore_input_casts(model)
+    if any(sped.values()):
+        restore_lora(model)
     return {
         "trainer": trainer,
         "output": output,

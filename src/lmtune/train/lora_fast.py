@@ -11,6 +11,12 @@ Profiling a bf16 LoRA step (docs/performance.md) showed two costs outside the ma
   compares 16-bit lanes with a threshold, a third of the draws; the drop probability is p rounded to
   a multiple of 1/65536 (0.05 -> 0.0500031) and kept values are scaled by 1/(1 - that), so the
   output's expectation is the input, as with `nn.Dropout`. Independent masks per layer, as in PEFT.
+
+A float32 profile (docs/performance.md) added PEFT's own arithmetic around the two small matmuls:
+`lora_B(lora_A(dropout(x))) * scaling` then `result + ...` are two more passes over the layer's
+full-width output forward and one backward, and the dropped copy of x is kept per layer.
+`FusedLora`, installed as a PEFT LoRA variant for training only, computes the same update in one
+autograd function (below).
 """
 
 from __future__ import annotations
@@ -76,17 +82,110 @@ class _MaskedScale(torch.autograd.Function):
         return torch.where(mask, grad * ctx.scale, 0), None, None
 
 
-def speed_up_lora(model: Any, *, autocast: bool, fast_dropout: bool) -> dict[str, int]:
-    """Swap LoRA dropout for FastDropout and stop PEFT's input casts (under autocast only).
+class _LoraUpdate(torch.autograd.Function):
+    """result + ((x * mask) @ A^T * scale) @ B^T, keeping x, the bool mask and h for the backward.
 
-    `fast_dropout` is meant for CPU (CUDA's dropout draws its masks fast already).
+        x (N, in) --mask--> (N, in) --A^T--> h (N, r) --*scale--> --B^T, + result--> (N, out)
 
-    Only plain LoRA adapters are touched (DoRA and other variants compute with the input's dtype
-    themselves). Returns how many dropouts were swapped and casts turned off.
+    `scale` is LoRA's scaling times dropout's 1 / (1 - p), applied to the rank-r h instead of the
+    full-width output, and the add is the matmul's own accumulation (addmm), so nothing of width
+    `out` is written but the result. The dropped input is recomputed in the backward pass from x
+    (which the layer's neighbours keep anyway) and the one-byte mask. Under autocast both passes
+    run in autocast's dtype (custom_fwd / custom_bwd), as PEFT's matmuls would.
+    """
+
+    @staticmethod
+    @torch.amp.custom_fwd(device_type="cpu")
+    def forward(ctx, x, result, a, b, mask, scale):  # noqa: D102
+        x2 = x.reshape(-1, x.shape[-1])
+        dropped = x2 if mask is None else torch.where(mask.view_as(x2), x2, 0)
+        h = torch.mm(dropped, a.t()) * scale
+        out = torch.addmm(result.reshape(-1, result.shape[-1]), h, b.t())
+        ctx.save_for_backward(x2, mask, a, b, h)
+        ctx.scale, ctx.x_shape = scale, x.shape
+        return out.view(*result.shape[:-1], out.shape[-1])
+
+    @staticmethod
+    @torch.amp.custom_bwd(device_type="cpu")
+    def backward(ctx, grad):  # noqa: D102
+        x2, mask, a, b, h = ctx.saved_tensors
+        need_x, need_result, need_a, need_b = ctx.needs_input_grad[:4]
+        g = grad.reshape(-1, grad.shape[-1])
+        grad_b = torch.mm(g.t(), h).to(b.dtype) if need_b else None
+        gh = torch.mm(g, b) * ctx.scale
+        grad_a = grad_x = None
+        if need_a:
+            dropped = x2 if mask is None else torch.where(mask.view_as(x2), x2, 0)
+            grad_a = torch.mm(gh.t(), dropped).to(a.dtype)
+        if need_x:
+            gx = torch.mm(gh, a)
+            if mask is not None:
+                gx = gx.mul_(mask.view_as(gx))
+            grad_x = gx.to(x2.dtype).view(ctx.x_shape)
+        return grad_x, grad if need_result else None, grad_a, grad_b, None, None
+
+
+def _fusable(module: Any, adapter: str, x: torch.Tensor, result: torch.Tensor) -> bool:
+    """The update is plain LoRA on plain tensors: float32 throughout, or under CPU autocast."""
+    a, b = module.lora_A[adapter], module.lora_B[adapter]
+    if a.bias is not None or b.bias is not None or x.dim() < 2:
+        return False
+    drop = module.lora_dropout[adapter]
+    plain_dropout = isinstance(drop, FastDropout | nn.Identity) or not drop.training or drop.p == 0
+    if torch.is_autocast_enabled("cpu"):
+        return plain_dropout and x.device.type == "cpu"
+    return plain_dropout and x.dtype == result.dtype == a.weight.dtype == b.weight.dtype
+
+
+class FusedLora:
+    """A PEFT LoRA variant (`module.lora_variant[adapter]`, PEFT's extension point for DoRA and
+    others) computing vanilla LoRA with `_LoraUpdate`; installed for training by `speed_up_lora`
+    and removed by `restore_lora`. Anything `_fusable` refuses runs PEFT's vanilla expression, and
+    merging uses PEFT's own delta weight, so the variant never changes what is learned or saved."""
+
+    @staticmethod
+    def forward(
+        module: Any, active_adapter: str, x: torch.Tensor, result: torch.Tensor, **_: Any
+    ) -> torch.Tensor:
+        a, b = module.lora_A[active_adapter], module.lora_B[active_adapter]
+        drop, scale = module.lora_dropout[active_adapter], module.scaling[active_adapter]
+        if not _fusable(module, active_adapter, x, result):
+            return result + b(a(drop(x))) * scale
+        mask = None
+        if isinstance(drop, FastDropout) and drop.training and drop.cut:
+            mask, scale = keep_mask(x.shape, drop.cut, x.device), scale * drop.scale
+        return _LoraUpdate.apply(x, result, a.weight, b.weight, mask, scale)
+
+    @staticmethod
+    def merge_safe(module: Any, active_adapter: str, orig_weight: torch.Tensor) -> torch.Tensor:
+        return orig_weight + module.get_delta_weight(active_adapter).to(orig_weight.dtype)
+
+    @staticmethod
+    def merge_unsafe(module: Any, active_adapter: str, orig_weight: torch.Tensor) -> None:
+        orig_weight.data += module.get_delta_weight(active_adapter).to(orig_weight.dtype)
+
+    @staticmethod
+    def unmerge(module: Any, active_adapter: str, orig_weight: torch.Tensor) -> torch.Tensor:
+        return orig_weight - module.get_delta_weight(active_adapter).to(orig_weight.dtype)
+
+    @staticmethod
+    def supports_lora_conversion() -> bool:
+        return True
+
+
+def speed_up_lora(model: Any, *, autocast: bool, fast_dropout: bool, fused: bool = False) -> dict[str, int]:
+    """Swap LoRA dropout for FastDropout, stop PEFT's input casts (under autocast only) and compute
+    plain LoRA linear layers with `FusedLora`.
+
+    `fast_dropout` and `fused` are meant for CPU (CUDA's dropout draws its masks fast already, and
+    the fused update is only measured on CPU). Only plain LoRA adapters are touched (DoRA and other
+    variants compute with the input's dtype themselves). Returns how many dropouts were swapped,
+    casts turned off and layers fused.
     """
     from peft.tuners.lora import LoraLayer
+    from peft.tuners.lora.layer import Linear
 
-    swapped = uncast = 0
+    swapped = uncast = fused_layers = 0
     for module in model.modules():
         if not isinstance(module, LoraLayer) or getattr(module, "lora_variant", None):
             continue
@@ -98,13 +197,22 @@ def speed_up_lora(model: Any, *, autocast: bool, fast_dropout: bool) -> dict[str
         if autocast and module.cast_input_dtype_enabled:
             module.cast_input_dtype_enabled = False
             uncast += 1
-    return {"dropout": swapped, "input_cast": uncast}
+        if fused and type(module) is Linear and isinstance(module.base_layer, nn.Linear):
+            for name in module.lora_A:
+                if not module.lora_bias.get(name, False):
+                    module.lora_variant[name] = FusedLora()
+                    fused_layers += 1
+    return {"dropout": swapped, "input_cast": uncast, "fused": fused_layers}
 
 
-def restore_input_casts(model: Any) -> None:
-    """PEFT's input casts back on (after training: generation may run without autocast)."""
+def restore_lora(model: Any) -> None:
+    """After training: PEFT's input casts back on (generation may run without autocast) and the
+    fused variant removed, so the model is PEFT's own again."""
     from peft.tuners.lora import LoraLayer
 
     for module in model.modules():
         if isinstance(module, LoraLayer):
             module.cast_input_dtype_enabled = True
+            for name, variant in list(module.lora_variant.items()):
+                if isinstance(variant, FusedLora):
+                    del module.lora_variant[name]
