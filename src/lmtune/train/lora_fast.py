@@ -90,7 +90,7 @@ class _LoraUpdate(torch.autograd.Function):
     `scale` is LoRA's scaling times dropout's 1 / (1 - p), applied to the rank-r h instead of the
     full-width output, and the add is the matmul's own accumulation (addmm), so nothing of width
     `out` is written but the result. The dropped input is recomputed in the backward pass from x
-    (which the layer's neighbours keep anyway) and the one-byte mask. Under autocast both passes
+    (one tensor for the adapters that read the same input, as q, k and v do) and the one-byte mask. Under autocast both passes
     run in autocast's dtype (custom_fwd / custom_bwd), as PEFT's matmuls would.
     """
 
