@@ -90,16 +90,16 @@ class _LoraUpdate(torch.autograd.Function):
     `scale` is LoRA's scaling times dropout's 1 / (1 - p), applied to the rank-r h instead of the
     full-width output, and the add is the matmul's own accumulation (addmm), so nothing of width
     `out` is written but the result. The dropped input is recomputed in the backward pass from x
-    (one tensor for the adapters that read the same input, as q, k and v do) and the one-byte mask. Under autocast both passes
-    run in autocast's dtype (custom_fwd / custom_bwd), as PEFT's matmuls would.
+    (one tensor for the adapters that read the same input, as q, k and v do) and the one-byte mask.
+    Under autocast both passes run in autocast's dtype (custom_fwd / custom_bwd), as PEFT's matmuls
+    would.
     """
 
     @staticmethod
     @torch.amp.custom_fwd(device_type="cpu")
     def forward(ctx, x, result, a, b, mask, scale):  # noqa: D102
         x2 = x.reshape(-1, x.shape[-1])
-        dropped = x2 if mask is None else torch.where(mask.view_as(x2), x2, 0)
-        h = torch.mm(dropped, a.t()) * scale
+        h = torch.mm(_dropped(x2, mask), a.t()) * scale
         out = torch.addmm(result.reshape(-1, result.shape[-1]), h, b.t())
         ctx.save_for_backward(x2, mask, a, b, h)
         ctx.scale, ctx.x_shape = scale, x.shape
@@ -115,8 +115,7 @@ class _LoraUpdate(torch.autograd.Function):
         gh = torch.mm(g, b) * ctx.scale
         grad_a = grad_x = None
         if need_a:
-            dropped = x2 if mask is None else torch.where(mask.view_as(x2), x2, 0)
-            grad_a = torch.mm(gh.t(), dropped).to(a.dtype)
+            grad_a = torch.mm(gh.t(), _dropped(x2, mask)).to(a.dtype)
         if need_x:
             gx = torch.mm(gh, a)
             if mask is not None:
@@ -125,12 +124,15 @@ class _LoraUpdate(torch.autograd.Function):
         return grad_x, grad if need_result else None, grad_a, grad_b, None, None
 
 
-def _fusable(module: Any, adapter: str, x: torch.Tensor, result: torch.Tensor) -> bool:
-    """The update is plain LoRA on plain tensors: float32 throughout, or under CPU autocast."""
-    a, b = module.lora_A[adapter], module.lora_B[adapter]
-    if a.bias is not None or b.bias is not None or x.dim() < 2:
+def _dropped(x2: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    return x2 if mask is None else torch.where(mask.view_as(x2), x2, 0)
+
+
+def _fusable(drop: nn.Module, a: nn.Module, b: nn.Module, x: torch.Tensor, result: torch.Tensor) -> bool:
+    """The update is plain LoRA on plain tensors: float32 throughout, or under CPU autocast (biases
+    were ruled out when the variant was installed)."""
+    if x.dim() < 2:
         return False
-    drop = module.lora_dropout[adapter]
     plain_dropout = isinstance(drop, FastDropout | nn.Identity) or not drop.training or drop.p == 0
     if torch.is_autocast_enabled("cpu"):
         return plain_dropout and x.device.type == "cpu"
@@ -149,7 +151,7 @@ class FusedLora:
     ) -> torch.Tensor:
         a, b = module.lora_A[active_adapter], module.lora_B[active_adapter]
         drop, scale = module.lora_dropout[active_adapter], module.scaling[active_adapter]
-        if not _fusable(module, active_adapter, x, result):
+        if not _fusable(drop, a, b, x, result):
             return result + b(a(drop(x))) * scale
         mask = None
         if isinstance(drop, FastDropout) and drop.training and drop.cut:
