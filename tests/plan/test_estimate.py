@@ -137,11 +137,13 @@ def test_checkpointing_keeps_less_and_a_longer_row_costs_more(tiny_config_dir):
     )
 
 
+@pytest.mark.parametrize("fused", [False, True], ids=["peft", "fused"])
 @pytest.mark.parametrize("attention", ["sdpa", "lmtune_packed"])
-def test_activations_match_what_autograd_keeps(attention, tmp_path, one_torch_thread):
+def test_activations_match_what_autograd_keeps(attention, fused, tmp_path, one_torch_thread):
     """The op-by-op count against the bytes autograd really saves for a packed bf16 LoRA batch
     (deduplicated storages, parameters excluded), measured with saved-tensor hooks, with the LoRA
-    layers as training runs them (lora_fast). Eight layers: the estimate counts the first trained
+    layers as training runs them (lora_fast; PEFT's forward keeps a dropped input per adapter, the
+    fused update one input per group of adapters that read it). Eight layers: the estimate counts the first trained
     layer in full, though the ops before its first trained parameter keep nothing (a quarter of a
     layer, which two layers would make look large). Samples of 100 and 156 tokens in rows of 256
     (lmtune_packed is priced for samples half a row long)."""
@@ -157,7 +159,7 @@ def test_activations_match_what_autograd_keeps(attention, tmp_path, one_torch_th
         tmp_path,
         method={**LORA, "r": 8},
         data={"max_length": 256},
-        train={"batch_size": 2, "bf16": True},
+        train={"batch_size": 2, "bf16": True, "fused_lora": fused},
     )
     cfg.model.attn_implementation = attention
     predicted = est.estimate_memory(cfg, gradient_checkpointing=False, device="cpu").activations_kept
@@ -167,7 +169,8 @@ def test_activations_match_what_autograd_keeps(attention, tmp_path, one_torch_th
     register()
     model.set_attn_implementation(attention)
     model = get_method("lora").prepare(model, cfg.method)
-    speed_up_lora(model, autocast=True, fast_dropout=True)
+    fused_layers = speed_up_lora(model, autocast=True, fast_dropout=True, fused=fused)["fused"]
+    assert fused_layers == (32 if fused else 0)  # 4 adapted projections in each of 8 layers
     for p in model.parameters():  # the frozen base in bf16, as training keeps it
         if not p.requires_grad:
             p.data = p.data.to(torch.bfloat16)
@@ -189,7 +192,7 @@ def test_activations_match_what_autograd_keeps(attention, tmp_path, one_torch_th
         model.get_base_model().get_decoder()(input_ids=ids, position_ids=positions, use_cache=False)
     measured = sum(saved.values())
     print(f"predicted {predicted} B, autograd keeps {measured} B")
-    assert abs(predicted - measured) <= 0.1 * measured, (predicted, measured)
+    assert abs(predicted - measured) <= 0.07 * measured, (predicted, measured)
 
 
 def test_model_sources_without_loading_weights(tmp_path, tiny_config_dir):

@@ -186,6 +186,7 @@ def _layer_bytes(
     attention: str,
     frozen_bytes: int,
     dropout_bytes: int,
+    fused_lora: bool = False,
 ) -> LayerCost:
     """What autograd keeps for one decoder layer that gradients flow through, counted op by op.
 
@@ -197,6 +198,9 @@ def _layer_bytes(
       projection reads SDPA's saved output instead); a LoRA dropout keeps its mask: bool with
       lmtune's FastDropout or CUDA's fused dropout, else torch's CPU dropout keeps it in the
       compute dtype (lmtune turns PEFT's float32 input cast off under autocast, lora_fast.py);
+      each LoRA adapter's dropped input, or without dropout or with the fused update
+      (train.fused_lora, which recomputes it from the mask) the layer's input itself, kept once
+      for the adapters that read it (q, k and v) and not at all for the output projection;
     - SDPA: q, k, v and the output (k and v repeated to all heads when there is a mask), the
       log-sum-exp per head; with a mask (packed or padded rows) a seq-wide row of it per token;
     - lmtune_packed (attention per packed sample): q, k, v gathered per sample and each head's row
@@ -210,13 +214,21 @@ def _layer_bytes(
     h, a = shape.hidden, compute
     per_token = fixed = 0
     gated = 0
+    dropped = not fused_lora and any(x for _, p in layer.dropouts for x in p)  # a copy per adapter
+    shared: set[tuple[str, int]] = set()  # (parent module, width) of inputs the adapters already keep
     for linear in layer.linears:
         if linear.out_features in (shape.intermediate, 2 * shape.intermediate) and linear.in_features == h:
             gated += 2 if linear.out_features == 2 * shape.intermediate else 1
-        if linear.trains and not linear.name.endswith(_OUT_PROJ):
+        owner, adapter, _ = linear.name.partition(".lora_A.")
+        if adapter and not dropped:
+            source = (owner.rpartition(".")[0], linear.in_features)
+            if not owner.endswith(_OUT_PROJ) and source not in shared:
+                per_token += a * linear.in_features
+            shared.add(source)
+        elif linear.trains and not linear.name.endswith(_OUT_PROJ):
             per_token += a * linear.in_features
-        if a == 2 and (linear.trains or frozen_bytes == 4):
-            fixed += 2 * linear.in_features * linear.out_features
+        if a == 2 and (linear.trains or frozen_bytes == 4) and not (fused_lora and ".lora_" in linear.name):
+            fixed += 2 * linear.in_features * linear.out_features  # the fused update casts in both passes
     for trains in layer.norms:
         per_token += 4 * h + 4 + (4 * h if trains else 0)
     for n_in, p in layer.dropouts:
@@ -322,6 +334,12 @@ def _estimate(
     compute = 2 if (bf16 or explicit == 2) else 4
     stream = 2 if frozen_bytes == 2 and not spec.embeddings_train else trained_bytes  # the residual stream
     flowing = method in PROMPT_LEARNING or spec.embeddings_train
+    # lora_fast.FusedLora: plain LoRA on CPU, with FastDropout or no dropout (torch's is not fused)
+    no_dropout = not any(x for layer in spec.layers for _, p in layer.dropouts for x in p)
+    fused_lora = (
+        method == "lora" and device == "cpu" and t.fused_lora and not cfg.method.use_dora
+        and (t.fast_dropout or no_dropout)
+    )  # fmt: skip
     costs: list[LayerCost] = []
     for layer in spec.layers:
         flowing = flowing or layer.trains
@@ -335,6 +353,7 @@ def _estimate(
                     attention=attention,
                     frozen_bytes=frozen_bytes,
                     dropout_bytes=1 if device == "cuda" or t.fast_dropout else compute,
+                    fused_lora=fused_lora,
                 )
             )
     if not costs and trainable:  # layers not found: a generic layer (norms, attention, gated MLP)
