@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from sft_vs_trl_report import bars, markdown, ratios
-from sft_vs_trl_runs import LEARNING_RATE, LORA, child_env, child_main, conversation
+from sft_vs_trl_runs import LEARNING_RATE, LORA, LORA_FLOPS_PER_PARAMETER, child_env, child_main, conversation
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = (ROOT / "../shared/data/alpaca_en_stanford/alpaca_small.json").resolve()
@@ -331,7 +331,7 @@ def main(argv: list[str] | None = None) -> None:
         bf16 = (row.get("settings") or {}).get("bf16")
         row["precision"] = "bf16" if bf16 else "float32" if bf16 is not None else None
         peak = peaks["bfloat16" if bf16 else "float32"]  # MFU against the peak of the precision it used
-        row["mfu"] = rate * 6 * params / peak if rate and params and bf16 is not None else None
+        row["mfu"] = rate * LORA_FLOPS_PER_PARAMETER * params / peak if rate and params and bf16 is not None else None
     result = {
         "date": datetime.now().isoformat(timespec="seconds"),
         "machine": info,

@@ -156,11 +156,13 @@ def markdown(result: dict[str, Any]) -> str:
         "- end-to-end: from the child process's start (interpreter and imports) until training is done and "
         "the adapter saved: data preprocessing, model load, compile, held-out loss before and after "
         "training (both tools do it), one epoch.",
-        f"- MFU: steady tok/s x 6 x N / peak. N = {_fmt(params, ',')}: the base model's parameters that "
+        f"- MFU: steady tok/s x 4 x N / peak. N = {_fmt(params, ',')}: the base model's parameters that "
         f"multiply activations (of {_fmt(result.get('parameters'), ',')}: an input embedding is a lookup "
-        "and counts only when tied to the output head). 6N FLOPs per token is the dense forward+backward "
-        "convention (attention score FLOPs left out; LoRA skips the frozen weights' gradients, so the "
-        f"real count is lower). Peak of the precision each run trained in: float32 "
+        "and counts only when tied to the output head). 4N FLOPs per token is a LoRA step: 2N forward and "
+        "2N for the input gradients, the frozen weights get none (the dense 6N convention would add "
+        "2N); attention scores and the adapters' own small matmuls are left out, and lmtune computes "
+        "the output head only at trained positions, so its real count is a little lower. Peak of the "
+        f"precision each run trained in: float32 "
         f"{peaks['float32'] / 1e9:.1f}, bf16 {peaks['bfloat16'] / 1e9:.1f} GFLOP/s (2048x2048 matmuls for "
         "~2 s each with the runs' thread count, just before the runs).",
         f"- eval loss: mean cross-entropy per answer token of the {s['eval_records']} held-out records "

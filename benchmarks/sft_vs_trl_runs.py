@@ -23,6 +23,9 @@ from typing import Any
 
 LORA = {"r": 16, "alpha": 32, "dropout": 0.05, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}
 LEARNING_RATE = 2e-4
+# FLOPs per token and base parameter of a LoRA step: 2 forward + 2 for the input gradients; the frozen
+# weights get no gradient (the dense 6N convention counts one), the adapters' r/h of it is left out
+LORA_FLOPS_PER_PARAMETER = 4
 LOG_STEPS = 5  # lmtune's default train.log_steps; TRL is given the same so both "last loss" windows match
 
 

@@ -82,7 +82,7 @@ def test_every_run_has_sane_numbers(bench):
         assert row["precision"] in ("bf16", "float32")
         peak = result["peak_flops"]["bfloat16" if row["precision"] == "bf16" else "float32"]
         rate = row["steady_tokens_per_second"] or row["tokens_per_second"]
-        assert row["mfu"] == pytest.approx(rate * 6 * result["matmul_parameters"] / peak)
+        assert row["mfu"] == pytest.approx(rate * 4 * result["matmul_parameters"] / peak)  # 4N: LoRA
     assert result["matmul_parameters"] < result["parameters"]  # the tiny model's input embedding is untied
 
 
