@@ -331,7 +331,9 @@ def main(argv: list[str] | None = None) -> None:
         bf16 = (row.get("settings") or {}).get("bf16")
         row["precision"] = "bf16" if bf16 else "float32" if bf16 is not None else None
         peak = peaks["bfloat16" if bf16 else "float32"]  # MFU against the peak of the precision it used
-        row["mfu"] = rate * LORA_FLOPS_PER_PARAMETER * params / peak if rate and params and bf16 is not None else None
+        row["mfu"] = (
+            rate * LORA_FLOPS_PER_PARAMETER * params / peak if rate and params and bf16 is not None else None
+        )
     result = {
         "date": datetime.now().isoformat(timespec="seconds"),
         "machine": info,
