@@ -145,8 +145,8 @@ def test_activations_match_what_autograd_keeps(attention, fused, tmp_path, one_t
     layers as training runs them (lora_fast; PEFT's forward keeps a dropped input per adapter, the
     fused update one input per group of adapters that read it). Eight layers: the estimate counts
     the first trained layer in full, though the ops before its first trained parameter keep nothing
-    (a quarter of a layer, which two layers would make look large). Samples of 100 and 156 tokens in rows of 256
-    (lmtune_packed is priced for samples half a row long)."""
+    (a quarter of a layer, which two layers would make look large). Samples of 100 and 156 tokens in
+    rows of 256 (lmtune_packed is priced for samples half a row long)."""
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig
 

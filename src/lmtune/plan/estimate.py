@@ -214,7 +214,7 @@ def _layer_bytes(
     h, a = shape.hidden, compute
     per_token = fixed = 0
     gated = 0
-    dropped = not fused_lora and any(x for _, p in layer.dropouts for x in p)  # a copy per adapter
+    dropped = not fused_lora and layer.drops  # a dropped copy of the input per adapter
     shared: set[tuple[str, int]] = set()  # (parent module, width) of inputs the adapters already keep
     for linear in layer.linears:
         if linear.out_features in (shape.intermediate, 2 * shape.intermediate) and linear.in_features == h:
@@ -335,10 +335,9 @@ def _estimate(
     stream = 2 if frozen_bytes == 2 and not spec.embeddings_train else trained_bytes  # the residual stream
     flowing = method in PROMPT_LEARNING or spec.embeddings_train
     # lora_fast.FusedLora: plain LoRA on CPU, with FastDropout or no dropout (torch's is not fused)
-    no_dropout = not any(x for layer in spec.layers for _, p in layer.dropouts for x in p)
     fused_lora = (
         method == "lora" and device == "cpu" and t.fused_lora and not cfg.method.use_dora
-        and (t.fast_dropout or no_dropout)
+        and (t.fast_dropout or not any(layer.drops for layer in spec.layers))
     )  # fmt: skip
     costs: list[LayerCost] = []
     for layer in spec.layers:

@@ -31,6 +31,11 @@ class LayerSpec:
     dropouts: list[tuple[int, tuple[float, ...]]] = field(default_factory=list)  # LoRA: (in, p's)
     trains: bool = False  # any parameter of the layer
 
+    @property
+    def drops(self) -> bool:
+        """Some LoRA adapter of the layer has a dropout (p > 0)."""
+        return any(x for _, p in self.dropouts for x in p)
+
     def key(self) -> tuple:
         """Order-free form, to compare two specs of the same layer."""
         return (sorted((x.name, x.in_features, x.out_features, x.trains) for x in self.linears),
